@@ -1,0 +1,10 @@
+"""tinyinduct: watch induction heads form in a two-layer attention-only transformer."""
+
+from .config import ConfigError, ModelConfig, RunConfig
+from .model import AttnOnlyTransformer
+from .runs import Run, load_run
+from .train import train
+
+__all__ = ["AttnOnlyTransformer", "ConfigError", "ModelConfig", "Run", "RunConfig", "load_run",
+           "train"]
+__version__ = "0.1.0"

@@ -1,0 +1,186 @@
+"""Typed configuration: one dataclass per group, one `RunConfig` holding them all.
+
+These dataclasses are the Hydra schema (registered by `scripts/train.py`) and the library's own
+arguments; the library never imports Hydra. `validate_run_config` checks meaning (sizes, ranges,
+allowed names) before any compute is spent and raises `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List
+
+POSITIONAL_MODES = ("standard", "shortformer")
+NORMALIZATIONS = ("none", "LN")
+COMPOSITION_INPUTS = ("Q", "K", "V")
+DATA_KINDS = ("uniform", "bigram")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOGGER_MODES = ("offline", "online", "disabled")
+SCHEDULES = ("cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; `field` is its dotted name."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"invalid config: {field}={value!r}: {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_head: int = 16
+    n_ctx: int = 64
+    d_vocab: int = 512
+    positional: str = "standard"  # standard | shortformer
+    normalization: str = "none"  # none | LN
+    attn_bias: bool = False  # train b_Q, b_K, b_V, b_O (else they stay zero)
+    init_range: float = 0.1  # std of the normal init of every weight matrix
+    # Inputs (among Q, K, V) of layers >= 1 that read only the direct path (W_E[tok], plus W_pos
+    # where the positional mode puts it) instead of the residual stream.
+    blocked_composition: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        validate_model_config(self)
+
+
+@dataclass
+class DataConfig:
+    kind: str = "uniform"  # uniform | bigram: the background the copies sit in
+    d_vocab: int = 512  # token 0 is BOS; background and copies use 1..d_vocab-1
+    seq_len: int = 64
+    batch_size: int = 32
+    # Each sequence holds one segment of a random length in [min_copy_len, max_copy_len], copied
+    # once later on; both copies start at random places, so the distance between them varies.
+    min_copy_len: int = 16
+    max_copy_len: int = 31
+    bigram_successors: int = 4  # kind=bigram: successors per token in the fixed random chain
+    eval_batch_size: int = 64
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-2
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    eval_every: int = 50
+    checkpoint_every: int = 500
+    induction_threshold: float = 0.7  # best layer>=1 induction score that counts as formed
+    loss_ratio_threshold: float = 0.2  # second-copy loss / first-copy loss that counts as formed
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "tinyinduct"
+    group: str | None = None
+    tags: List[str] = field(default_factory=list)
+    name: str | None = None  # default: "<positional>-seed<seed>"
+    progress: bool | None = None  # tqdm bar: None shows it only on a terminal
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        validate_run_config(self)
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(name, value, allowed)
+
+
+def _positive(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value > 0, f"{section}.{name}", value, "must be > 0")
+
+
+def validate_model_config(cfg: ModelConfig, section: str = "model") -> None:
+    _positive(section, cfg, "n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab")
+    _positive(section, cfg, "init_range")
+    _check(cfg.positional in POSITIONAL_MODES, f"{section}.positional", cfg.positional,
+           f"allowed: {', '.join(POSITIONAL_MODES)}")
+    _check(cfg.normalization in NORMALIZATIONS, f"{section}.normalization", cfg.normalization,
+           f"allowed: {', '.join(NORMALIZATIONS)}")
+    blocked = list(cfg.blocked_composition)
+    _check(all(x in COMPOSITION_INPUTS for x in blocked) and len(set(blocked)) == len(blocked),
+           f"{section}.blocked_composition", blocked,
+           f"a list of distinct inputs among {', '.join(COMPOSITION_INPUTS)}")
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Check every value against what it means; raise `ConfigError` on the first bad one."""
+    validate_model_config(cfg.model)
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    _check(cfg.device in DEVICES, "device", cfg.device, f"allowed: {', '.join(DEVICES)}")
+    _check(d.kind in DATA_KINDS, "data.kind", d.kind, f"allowed: {', '.join(DATA_KINDS)}")
+    _positive("data", d, "seq_len", "batch_size", "eval_batch_size", "min_copy_len",
+              "bigram_successors")
+    _check(d.d_vocab >= 2, "data.d_vocab", d.d_vocab, "must be >= 2 (BOS plus one token)")
+    _check(d.d_vocab <= m.d_vocab, "data.d_vocab", d.d_vocab,
+           f"must be <= model.d_vocab ({m.d_vocab})")
+    _check(d.seq_len <= m.n_ctx, "data.seq_len", d.seq_len, f"must be <= model.n_ctx ({m.n_ctx})")
+    _check(d.max_copy_len >= d.min_copy_len, "data.max_copy_len", d.max_copy_len,
+           f"must be >= data.min_copy_len ({d.min_copy_len})")
+    _check(1 + 2 * d.max_copy_len <= d.seq_len, "data.max_copy_len", d.max_copy_len,
+           f"two copies plus BOS must fit in data.seq_len ({d.seq_len}): "
+           f"at most {(d.seq_len - 1) // 2}")
+    _check(d.bigram_successors < d.d_vocab, "data.bigram_successors", d.bigram_successors,
+           f"must be < data.d_vocab ({d.d_vocab})")
+    _positive("optim", o, "lr")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    for name in ("beta1", "beta2"):
+        value = getattr(o, name)
+        _check(0 <= value < 1, f"optim.{name}", value, "must be in [0, 1)")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+    _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule,
+           f"allowed: {', '.join(SCHEDULES)}")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    _check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables)")
+    _positive("train", t, "steps", "eval_every", "checkpoint_every")
+    _check(0 < t.induction_threshold <= 1, "train.induction_threshold", t.induction_threshold,
+           "must be in (0, 1]")
+    _check(t.loss_ratio_threshold > 0, "train.loss_ratio_threshold", t.loss_ratio_threshold,
+           "must be > 0")
+    _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode,
+           f"allowed: {', '.join(LOGGER_MODES)}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def run_config_from_dict(data: dict) -> RunConfig:
+    """Rebuild a `RunConfig` from `to_dict` output (as saved in config.yaml or a checkpoint)."""
+    sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    classes = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+               "train": TrainConfig, "logger": LoggerConfig}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in sections:
+            raise ConfigError(key, value, f"unknown key; known: {', '.join(sections)}")
+        kwargs[key] = classes[key](**value) if key in classes else value
+    return RunConfig(**kwargs)

@@ -1,0 +1,70 @@
+"""Run directories: checkpoints written atomically, and `load_run` to open a finished run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from .config import RunConfig, run_config_from_dict, to_dict
+from .model import AttnOnlyTransformer
+from .tracking import METRICS_FILE, SUMMARY_FILE, read_metrics
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+
+
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    """`torch.save` to a temp file, then rename: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer, scheduler,
+                     step: int) -> Dict[str, Any]:
+    return {
+        "config": to_dict(cfg),
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+
+
+@dataclass
+class Run:
+    """A run directory read back: the trained model, its config, every metrics row, the summary."""
+
+    model: AttnOnlyTransformer
+    config: RunConfig
+    metrics: List[Dict[str, Any]]
+    summary: Dict[str, Any]
+    run_dir: Path
+    step: int
+
+
+def load_run(run_dir: str | Path, checkpoint: str = LAST_CHECKPOINT,
+             device: str | None = "cpu") -> Run:
+    """Open a run directory written by `tinyinduct.train` (or `scripts/train.py`)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_DIR / checkpoint
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: is {run_dir} a tinyinduct run dir?")
+    state = torch.load(path, map_location=device, weights_only=True)
+    config = run_config_from_dict(state["config"])
+    model = AttnOnlyTransformer(config.model).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    summary_path = run_dir / SUMMARY_FILE
+    summary = {}
+    if summary_path.exists():
+        import json
+
+        summary = json.loads(summary_path.read_text())
+    return Run(model, config, read_metrics(run_dir / METRICS_FILE), summary, run_dir,
+               state["step"])

@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
+
+# A run small enough for a test: a few dozen steps of a narrow model.
+TINY_OVERRIDES = [
+    "device=cpu", "train.steps=60", "train.eval_every=20", "train.checkpoint_every=40",
+    "model.d_model=32", "model.n_heads=2", "model.d_head=8", "model.n_ctx=32",
+    "data.d_vocab=64", "data.min_copy_len=4", "data.max_copy_len=12", "data.batch_size=8",
+    "data.eval_batch_size=16",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(tmp_path_factory, monkeypatch):
+    """W&B never touches the network or the home directory in tests."""
+    base = tmp_path_factory.mktemp("wandb_env")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(base / name.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # a child must not attach to this process's W&B service
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_train(run_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python scripts/train.py` as a user runs it, into `run_dir`."""
+    cmd = [sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(),
+                          cwd=ROOT, stdin=subprocess.DEVNULL)

@@ -1,0 +1,113 @@
+"""`python scripts/train.py` end to end, as a user runs it: files, W&B offline run, load_run."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_OVERRIDES, run_train
+from wandb_records import find_run_file, read_run
+
+from tinyinduct import AttnOnlyTransformer, load_run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    proc = run_train(run_dir, *TINY_OVERRIDES, "seed=3", "logger.tags=[smoke,tiny]",
+                     "logger.group=tests")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir, proc
+
+
+def test_metrics_jsonl_holds_every_evaluation(tiny_run):
+    run_dir, _ = tiny_run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 20, 40, 60]
+    assert [r["tokens"] for r in rows] == [0, 20 * 8 * 32, 40 * 8 * 32, 60 * 8 * 32]
+    for row in rows[1:]:
+        assert math.isfinite(row["train/loss"]) and row["train/loss"] > 0
+        for key in ("eval/loss_first_copy", "eval/loss_second_copy", "train_dist/loss",
+                    "heads/induction/L1H0", "heads/induction/L1H1", "heads/prev_token/L0H0",
+                    "heads/duplicate/L0H1"):
+            assert key in row and math.isfinite(row[key]), key
+    # the loss starts near ln(d_vocab) and falls
+    assert rows[0]["eval/loss"] == pytest.approx(math.log(64), abs=0.5)
+    assert rows[-1]["train/loss"] < rows[1]["train/loss"]
+
+
+def test_summary_config_and_checkpoint(tiny_run):
+    run_dir, proc = tiny_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("induction_formed", "phase_change_step", "best_induction_head",
+                "best_induction_score", "wall_seconds", "tokens_per_second", "steps"):
+        assert key in summary, key
+    assert summary["steps"] == 60 and summary["status"] == "finished"
+    assert summary["best_induction_head"].startswith("L1H")
+    assert summary["tokens_per_second"] > 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["seed"] == 3 and config["model"]["d_model"] == 32
+    assert config["model"]["d_vocab"] == 64  # interpolated from data.d_vocab
+    assert "No induction head formed" in proc.stdout or "An induction head formed" in proc.stdout
+    assert "wandb sync" in proc.stdout
+
+    run = load_run(run_dir)
+    assert isinstance(run.model, AttnOnlyTransformer) and run.step == 60
+    assert run.config.seed == 3 and run.model.cfg.d_model == 32
+    assert [r["step"] for r in run.metrics] == [0, 20, 40, 60]
+    assert run.summary["steps"] == 60
+    # the saved weights reproduce the logged final evaluation
+    from tinyinduct.data import make_probe
+    from tinyinduct.evaluate import evaluate
+    from tinyinduct.train import PROBE_SEED
+    probe = make_probe(run.config.data, PROBE_SEED)
+    row = evaluate(run.model, probe, probe)
+    assert row["eval/loss"] == pytest.approx(run.metrics[-1]["eval/loss"], rel=1e-5)
+
+
+def test_offline_wandb_run_holds_what_was_logged(tiny_run):
+    run_dir, _ = tiny_run
+    record = read_run(find_run_file(run_dir))
+    history = record["history"]
+    assert [h["_step"] for h in history] == [0, 20, 40, 60]
+    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for logged, row in zip(history[1:], local[1:]):
+        for key in ("train/loss", "eval/loss_second_copy", "heads/induction/L1H0", "tokens"):
+            assert logged[key] == pytest.approx(row[key]), key
+    assert record["config"]["seed"] == 3
+    assert record["config"]["model"]["d_model"] == 32
+    assert record["summary"]["steps"] == 60
+    assert record["summary"]["best_induction_head"].startswith("L1H")
+    assert record["exit_code"] == 0
+    assert record["run"].display_name == "standard-seed3"
+    assert record["run"].run_group == "tests"
+    assert list(record["run"].tags) == ["smoke", "tiny"]
+
+
+def test_shortformer_override_and_disabled_logger(tmp_path):
+    run_dir = tmp_path / "sf"
+    proc = run_train(run_dir, *TINY_OVERRIDES, "model.positional=shortformer",
+                     "logger.mode=disabled", "train.steps=20")
+    assert proc.returncode == 0, proc.stderr
+    assert not (run_dir / "wandb").exists()
+    run = load_run(run_dir)
+    assert run.config.model.positional == "shortformer"
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 20
+
+
+@pytest.mark.parametrize("override,field", [
+    ("model.positional=rotary", "model.positional"),
+    ("data.max_copy_len=40", "data.max_copy_len"),
+    ("optim.lr=-1", "optim.lr"),
+    ("device=tpu", "device"),
+    ("model.shortformer=true", "shortformer"),  # unknown key, refused by the schema
+    ("train.steps=many", "train.steps"),  # wrong type, refused by the schema
+])
+def test_bad_config_exits_early_naming_the_field(tmp_path, override, field):
+    proc = run_train(tmp_path / "bad", *TINY_OVERRIDES, override, timeout=60)
+    assert proc.returncode != 0
+    assert field in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
