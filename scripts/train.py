@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from tinyinduct.config import ConfigError, RunConfig  # noqa: E402
-from tinyinduct.train import format_summary, train  # noqa: E402
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
@@ -56,6 +55,8 @@ def main(cfg: DictConfig) -> dict:
     try:
         check_known_keys(cfg)
         run_cfg = OmegaConf.to_object(cfg)
+        from tinyinduct.train import format_summary, train  # torch: only for a valid config
+
         # a resumed run writes into the run it continues (and keeps that run's config.yaml)
         run_dir = Path(run_cfg.resume or HydraConfig.get().runtime.output_dir)
         if not run_cfg.resume:

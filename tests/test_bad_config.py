@@ -57,7 +57,7 @@ def results(tmp_path_factory):
     def run(name):
         overrides, _ = CASES[name]
         overrides = [o.format(tmp=tmp, finished=finished) for o in overrides]
-        run_dir = tmp / name.replace(" ", "_")
+        run_dir = tmp / f"case{list(CASES).index(name)}"
         return run_dir, run_train(run_dir, *TINY_OVERRIDES, *overrides, timeout=120)
 
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -19,7 +19,7 @@ from wandb_records import read_run
 
 from tinyinduct.tracking import read_metrics
 
-STEPS = 800
+STEPS = 400
 # long enough to stop part-way; eval and checkpoint cadences that do not line up, so a stop
 # falls inside an evaluation interval (the running training loss must resume too)
 RUN = [*TINY_OVERRIDES, f"train.steps={STEPS}", "train.eval_every=50",
