@@ -210,7 +210,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
                 bar.set_postfix(loss=f"{train_loss:.3f}",
                                 induction=f"{best_induction_head(row)[1]:.2f}")
                 if not math.isfinite(train_loss):
-                    error = f"{guard.problem(model, step)} (stopped at step {step})"
+                    error = (guard.problem(model, step)  # names the first bad step
+                             or f"non-finite mean training loss up to step {step}")
                     break
             if step % cfg.train.checkpoint_every == 0 and step != cfg.train.steps:
                 error = checkpoint(step)
