@@ -18,7 +18,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 _FLAG = "HYDRA_FULL_ERROR"
-_set_here = False
+_MARK = "TINYINDUCT_SET_HYDRA_FULL_ERROR"  # inherited by launcher workers, like the flag
 
 
 def describe(err: Exception) -> str:
@@ -44,19 +44,18 @@ def describe(err: Exception) -> str:
 
 def config_composed() -> None:
     """Call first in the task function: from here on Hydra reports errors its usual way."""
-    if _set_here:
+    if os.environ.pop(_MARK, None):
         os.environ.pop(_FLAG, None)
 
 
 def run_with_one_line_errors(main: Callable[[], object]) -> None:
-    global _set_here
-    _set_here = _FLAG not in os.environ
-    if _set_here:
-        os.environ[_FLAG] = "1"
+    set_here = _FLAG not in os.environ
+    if set_here:
+        os.environ[_FLAG] = os.environ[_MARK] = "1"
     try:
         main()
     except (HydraException, OmegaConfBaseException) as err:
-        if not _set_here:
+        if not set_here:
             raise
         print(f"error: {describe(err)}", file=sys.stderr)
         sys.exit(2)

@@ -12,7 +12,8 @@ from conftest import TINY_OVERRIDES, run_train
 from wandb_records import find_run_file, read_run
 
 from tinyinduct import load_run
-from tinyinduct.tracking import read_metrics
+from tinyinduct.config import LoggerConfig, RunConfig
+from tinyinduct.tracking import Tracker, read_metrics
 
 # lr 1000 reached by a 30-step warmup: the loss goes non-finite a dozen steps in
 ABSURD_LR = ["optim.lr=1000", "optim.warmup_steps=30", "train.eval_every=20"]
@@ -76,3 +77,15 @@ def test_online_wandb_without_server_falls_back_to_offline(tmp_path, monkeypatch
     assert [h["_step"] for h in record["history"]] == [0, 20, 40, 60]
     assert record["exit_code"] == 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_crash_still_leaves_a_summary(tmp_path):
+    cfg = RunConfig(device="cpu", logger=LoggerConfig(mode="disabled"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        with Tracker(cfg, tmp_path) as tracker:
+            tracker.log({"step": 0, "tokens": 0, "train/loss": float("nan")})
+            tracker.log({"step": 50, "tokens": 3200, "train/loss": 4.2})
+            raise RuntimeError("disk full")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == {"status": "failed", "error": "RuntimeError: disk full", "steps": 50}
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 50]

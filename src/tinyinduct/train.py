@@ -155,8 +155,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
         steps_since_eval = state["steps_since_eval"]
         rows = cut_metrics(run_dir, start_step)
 
-    with StopSignals() as stop, Tracker(cfg, run_dir, wandb_id=resumed and resumed.wandb_id) \
-            as tracker:
+    wandb_id = resumed.wandb_id if resumed else None
+    with StopSignals() as stop, Tracker(cfg, run_dir, wandb_id=wandb_id) as tracker:
         def log_eval(step: int, train_loss: float) -> Dict[str, Any]:
             nonlocal eval_seconds
             t0 = time.perf_counter()
@@ -231,7 +231,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
             "interrupted_by": stop.name if interrupted else None,
             "exit_code": 1 if error else stop.exit_code if interrupted else 0,
             "last_step": step,
-            "resumed_from_step": resumed and resumed.step,
+            "resumed_from_step": resumed.step if resumed else None,
             "threshold": cfg.train.induction_threshold,
             "wall_seconds": time.perf_counter() - start_time,
             "train_seconds": train_seconds,
