@@ -17,7 +17,7 @@ import torch
 
 from .config import ConfigError, RunConfig, to_dict
 from .data import RepeatedSegmentData
-from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT
+from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state
 from .tracking import METRICS_FILE, read_metrics
 
 # Config fields a resumed run may change: none of them alters what is computed.
@@ -43,6 +43,16 @@ def restore_rng(state: Dict[str, Any], data: RepeatedSegmentData) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(cfg: RunConfig, model: torch.nn.Module, optimizer, scheduler,
+                   data: RepeatedSegmentData, step: int, loss_sum: torch.Tensor,
+                   steps_since_eval: int, wandb_id: str | None) -> Dict[str, Any]:
+    """A checkpoint: what `load_run` reads, plus all that resuming needs, the loop's running
+    training loss included (a stop may fall inside an evaluation interval)."""
+    return checkpoint_state(cfg, model, optimizer, scheduler, step, rng=rng_state(data),
+                            loss_sum=loss_sum.detach().cpu(), steps_since_eval=steps_since_eval,
+                            wandb_id=wandb_id, device=loss_sum.device.type)
 
 
 def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -73,6 +83,18 @@ class ResumePoint:
     @property
     def wandb_id(self) -> str | None:
         return self.state.get("wandb_id")
+
+    def restore(self, model: torch.nn.Module, optimizer, scheduler,
+                data: RepeatedSegmentData) -> tuple:
+        """Load every state saved by `training_state`; return the loop's running training loss
+        as (loss_sum on the model's device, steps_since_eval)."""
+        s = self.state
+        model.load_state_dict(s["model"])
+        optimizer.load_state_dict(s["optimizer"])
+        scheduler.load_state_dict(s["scheduler"])
+        restore_rng(s["rng"], data)
+        device = next(model.parameters()).device
+        return s["loss_sum"].to(device), s["steps_since_eval"]
 
 
 def load_resume_point(cfg: RunConfig, run_dir: Path, device: torch.device) -> ResumePoint | None:

@@ -19,8 +19,8 @@ from .guard import NonFiniteGuard
 from .interrupt import StopSignals
 from .metrics import best_induction_head
 from .model import AttnOnlyTransformer
-from .resume import cut_metrics, load_resume_point, restore_rng, rng_state
-from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state, save_checkpoint
+from .resume import cut_metrics, load_resume_point, training_state
+from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
 from .tracking import Tracker
 
 # The evaluation batches are the same for every run, whatever its seed, so runs compare.
@@ -145,14 +145,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
     steps_since_eval = 0
     start_step = saved_step = 0
     if resumed is not None:
-        state = resumed.state
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"], data)
-        loss_sum += state["loss_sum"].to(device)
-        start_step = saved_step = state["step"]
-        steps_since_eval = state["steps_since_eval"]
+        loss_sum, steps_since_eval = resumed.restore(model, optimizer, scheduler, data)
+        start_step = saved_step = resumed.step
         rows = cut_metrics(run_dir, start_step)
 
     wandb_id = resumed.wandb_id if resumed else None
@@ -174,10 +168,9 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
             problem = guard.problem(model, step)  # one host sync per checkpoint
             if problem is None:
                 saved_step = step
-                save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, checkpoint_state(
-                    cfg, model, optimizer, scheduler, step, rng=rng_state(data),
-                    loss_sum=loss_sum.detach().cpu(), steps_since_eval=steps_since_eval,
-                    wandb_id=tracker.wandb_id, device=device.type))
+                save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, training_state(
+                    cfg, model, optimizer, scheduler, data, step, loss_sum, steps_since_eval,
+                    tracker.wandb_id))
             return problem
 
         if resumed is None:
