@@ -8,6 +8,7 @@ allowed names) before any compute is spent and raises `ConfigError` naming the f
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, List
 
@@ -102,6 +103,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    resume: str | None = None  # a run directory to continue from its last checkpoint
 
     def __post_init__(self) -> None:
         validate_run_config(self)
@@ -118,9 +120,16 @@ def _positive(section: str, obj: Any, *names: str) -> None:
         _check(value > 0, f"{section}.{name}", value, "must be > 0")
 
 
+def _finite(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(math.isfinite(value), f"{section}.{name}", value, "must be a finite number")
+
+
 def validate_model_config(cfg: ModelConfig, section: str = "model") -> None:
     _positive(section, cfg, "n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab")
     _positive(section, cfg, "init_range")
+    _finite(section, cfg, "init_range")
     _check(cfg.positional in POSITIONAL_MODES, f"{section}.positional", cfg.positional,
            f"allowed: {', '.join(POSITIONAL_MODES)}")
     _check(cfg.normalization in NORMALIZATIONS, f"{section}.normalization", cfg.normalization,
@@ -139,7 +148,11 @@ def validate_run_config(cfg: RunConfig) -> None:
     _check(d.kind in DATA_KINDS, "data.kind", d.kind, f"allowed: {', '.join(DATA_KINDS)}")
     _positive("data", d, "seq_len", "batch_size", "eval_batch_size", "min_copy_len",
               "bigram_successors")
-    _check(d.d_vocab >= 2, "data.d_vocab", d.d_vocab, "must be >= 2 (BOS plus one token)")
+    # with one token besides BOS every sequence is constant: no copy to find, a zero first-copy
+    # loss to divide by
+    _check(d.d_vocab >= 3, "data.d_vocab", d.d_vocab, "must be >= 3 (BOS plus two tokens)")
+    _check(d.eval_batch_size >= 8, "data.eval_batch_size", d.eval_batch_size,
+           "must be >= 8 (the probe holds copies at up to four lengths, twice over)")
     _check(d.d_vocab <= m.d_vocab, "data.d_vocab", d.d_vocab,
            f"must be <= model.d_vocab ({m.d_vocab})")
     _check(d.seq_len <= m.n_ctx, "data.seq_len", d.seq_len, f"must be <= model.n_ctx ({m.n_ctx})")
@@ -151,6 +164,7 @@ def validate_run_config(cfg: RunConfig) -> None:
     _check(d.bigram_successors < d.d_vocab, "data.bigram_successors", d.bigram_successors,
            f"must be < data.d_vocab ({d.d_vocab})")
     _positive("optim", o, "lr")
+    _finite("optim", o, "lr", "weight_decay", "grad_clip")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     for name in ("beta1", "beta2"):
         value = getattr(o, name)
@@ -165,6 +179,8 @@ def validate_run_config(cfg: RunConfig) -> None:
            "must be in (0, 1]")
     _check(t.loss_ratio_threshold > 0, "train.loss_ratio_threshold", t.loss_ratio_threshold,
            "must be > 0")
+    _check(cfg.resume is None or str(cfg.resume).strip() != "", "resume", cfg.resume,
+           "a run directory (or null for a fresh run)")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode,
            f"allowed: {', '.join(LOGGER_MODES)}")
 

@@ -26,13 +26,15 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
 
 
 def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer, scheduler,
-                     step: int) -> Dict[str, Any]:
+                     step: int, **extra: Any) -> Dict[str, Any]:
+    """What `load_run` reads, plus `extra` (what resuming needs: generator states, ...)."""
     return {
         "config": to_dict(cfg),
         "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        **extra,
     }
 
 

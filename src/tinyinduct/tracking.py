@@ -17,6 +17,9 @@ from .config import RunConfig, to_dict
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# How long `logger.mode=online` may wait for the W&B server before falling back to offline
+# (W&B's own default is 90 s); WANDB_INIT_TIMEOUT overrides it.
+ONLINE_INIT_TIMEOUT = 15.0
 
 
 def _jsonable(value: Any) -> Any:
@@ -51,62 +54,100 @@ def run_name(cfg: RunConfig) -> str:
 class Tracker:
     """Writes rows to metrics.jsonl and W&B; use as a context manager around the run."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path):
+    def __init__(self, cfg: RunConfig, run_dir: Path, wandb_id: str | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.wandb_run = None
+        self.resume_id = wandb_id  # continue this W&B run (a resumed training run)
+        self.exit_code = 0  # what W&B records at the end, unless an exception escapes
         self._file = None
+        self._last_step = None
+        self._summarized = False
 
     def __enter__(self) -> Tracker:
         self._file = open(self.run_dir / METRICS_FILE, "a")
         if self.cfg.logger.mode != "disabled":
-            self.wandb_run = self._init_wandb()
+            self.wandb_run = self._init_wandb(self.cfg.logger.mode)
+            if self.wandb_run is None and self.cfg.logger.mode == "online":
+                self.wandb_run = self._init_wandb("offline")
         return self
 
-    def _init_wandb(self):
+    def _init_wandb(self, mode: str):
         logger = self.cfg.logger
         try:
             import wandb
 
+            # offline only starts a local service: a long wait there is a busy machine, not a
+            # dead network
+            timeout = (float(os.environ.get("WANDB_INIT_TIMEOUT", ONLINE_INIT_TIMEOUT))
+                       if mode == "online" else 90.0)
             run = wandb.init(
                 project=logger.project,
                 group=logger.group,
                 tags=list(logger.tags),
                 name=run_name(self.cfg),
                 config=to_dict(self.cfg),
-                mode=logger.mode,
+                mode=mode,
                 dir=str(self.run_dir),
-                settings=wandb.Settings(console="off", silent=True, init_timeout=30),
+                id=self.resume_id,
+                resume="allow" if self.resume_id else None,
+                settings=wandb.Settings(console="off", silent=True, init_timeout=timeout),
             )
             run.define_metric("step")
             run.define_metric("tokens", step_metric="step")
             run.define_metric("*", step_metric="step")
             return run
         except Exception as err:  # W&B trouble never stops training: local files stay complete
-            print(f"W&B unavailable ({type(err).__name__}: {err}); logging to "
-                  f"{self.run_dir / METRICS_FILE} only.", file=sys.stderr)
+            then = ("logging offline instead (sync later with `wandb sync`)" if mode == "online"
+                    else f"logging to {self.run_dir / METRICS_FILE} only")
+            print(f"W&B {mode} unavailable ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0] if str(err) else ''}); {then}.", file=sys.stderr)
             return None
 
+    def _wandb_failed(self, err: Exception) -> None:
+        print(f"W&B stopped working ({type(err).__name__}: {err}); logging to "
+              f"{self.run_dir / METRICS_FILE} only from here.", file=sys.stderr)
+        self.wandb_run = None
+
     def log(self, row: Dict[str, Any]) -> None:
+        self._last_step = row["step"]
         self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self._file.flush()
         if self.wandb_run is not None:
-            self.wandb_run.log(row, step=row["step"])
+            try:
+                self.wandb_run.log(row, step=row["step"])
+            except Exception as err:
+                self._wandb_failed(err)
 
     def summary(self, summary: Dict[str, Any]) -> None:
+        self._summarized = True
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         if self.wandb_run is not None:
-            for key, value in summary.items():
-                if value is not None:
-                    self.wandb_run.summary[key] = value
+            try:
+                for key, value in summary.items():
+                    if value is not None:
+                        self.wandb_run.summary[key] = value
+            except Exception as err:
+                self._wandb_failed(err)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return None if self.wandb_run is None else self.wandb_run.id
 
     @property
     def wandb_dir(self) -> str | None:
         return None if self.wandb_run is None else str(Path(self.wandb_run.dir).parent)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and not self._summarized:  # a crash still leaves a summary saying so
+            stopped = isinstance(exc, KeyboardInterrupt)
+            self.summary({"status": "interrupted" if stopped else "failed",
+                          "error": f"{exc_type.__name__}: {exc}", "steps": self._last_step})
         if self._file is not None:
             self._file.close()
         if self.wandb_run is not None:
-            self.wandb_run.finish(exit_code=0 if exc_type is None else 1)
+            try:
+                self.wandb_run.finish(exit_code=self.exit_code if exc_type is None else 1)
+            except Exception as err:
+                self._wandb_failed(err)

@@ -15,9 +15,12 @@ from tqdm.auto import tqdm
 from .config import ConfigError, RunConfig, validate_run_config
 from .data import RepeatedSegmentData, make_probe
 from .evaluate import evaluate
+from .guard import NonFiniteGuard
+from .interrupt import StopSignals
 from .metrics import best_induction_head
 from .model import AttnOnlyTransformer
-from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state, save_checkpoint
+from .resume import cut_metrics, load_resume_point, training_state
+from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
 from .tracking import Tracker
 
 # The evaluation batches are the same for every run, whatever its seed, so runs compare.
@@ -95,7 +98,10 @@ def format_summary(summary: Dict[str, Any], run_dir: Path) -> str:
     """The one-paragraph account printed at the end of a run."""
     s = summary
     if s.get("status") == "failed":
-        return f"Run failed at step {s.get('steps')}: {s.get('error')}. Files in {run_dir}."
+        return f"Run failed after step {s.get('last_step')}: {s.get('error')}. Files in {run_dir}."
+    if s.get("status") == "interrupted":
+        return (f"Run interrupted by {s['interrupted_by']} after step {s['last_step']}: "
+                f"checkpoint saved, metrics complete. Files in {run_dir}.")
     when = (f"the best layer-1 induction score crossed {s['threshold']} at step "
             f"{s['phase_change_step']} ({s['phase_change_tokens']:,} tokens)"
             if s["phase_change_step"] is not None else "no head crossed the threshold")
@@ -109,11 +115,17 @@ def format_summary(summary: Dict[str, Any], run_dir: Path) -> str:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> Dict[str, Any]:
-    """Train one model as `cfg` says, writing everything into `run_dir`; return the summary."""
+    """Train one model as `cfg` says, writing everything into `run_dir`; return the summary.
+
+    With `cfg.resume` (which must be `run_dir`) it continues that run from its last checkpoint.
+    SIGINT/SIGTERM stop it after the current step with a checkpoint (status "interrupted"); a
+    non-finite loss stops it keeping the last good checkpoint (status "failed").
+    """
     validate_run_config(cfg)
     start_time = time.perf_counter()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
+    resumed = load_resume_point(cfg, run_dir, device)  # bad resume: ConfigError, nothing built
     torch.manual_seed(cfg.seed)
     model = AttnOnlyTransformer(cfg.model).to(device)
     model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
@@ -128,8 +140,17 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
     eval_seconds = 0.0
     error = None
     show = cfg.logger.progress if progress is None else progress
+    guard = NonFiniteGuard(device)
+    loss_sum = torch.zeros((), device=device)  # training loss summed since the last evaluation
+    steps_since_eval = 0
+    start_step = saved_step = 0
+    if resumed is not None:
+        loss_sum, steps_since_eval = resumed.restore(model, optimizer, scheduler, data)
+        start_step = saved_step = resumed.step
+        rows = cut_metrics(run_dir, start_step)
 
-    with Tracker(cfg, run_dir) as tracker:
+    wandb_id = resumed.wandb_id if resumed else None
+    with StopSignals() as stop, Tracker(cfg, run_dir, wandb_id=wandb_id) as tracker:
         def log_eval(step: int, train_loss: float) -> Dict[str, Any]:
             nonlocal eval_seconds
             t0 = time.perf_counter()
@@ -141,14 +162,26 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
             eval_seconds += time.perf_counter() - t0
             return row
 
-        log_eval(0, float("nan"))
-        loss_sum = torch.zeros((), device=device)
-        steps_since_eval = 0
+        def checkpoint(step: int) -> str | None:
+            """Save the state after `step`, unless it went non-finite: then say why."""
+            nonlocal saved_step
+            problem = guard.problem(model, step)  # one host sync per checkpoint
+            if problem is None:
+                saved_step = step
+                save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, training_state(
+                    cfg, model, optimizer, scheduler, data, step, loss_sum, steps_since_eval,
+                    tracker.wandb_id))
+            return problem
+
+        if resumed is None:
+            log_eval(0, float("nan"))
+            checkpoint(0)  # even a run killed early resumes
         train_start = time.perf_counter()
-        bar = tqdm(total=cfg.train.steps, disable=None if show is None else not show,
+        bar = tqdm(total=cfg.train.steps, initial=start_step,
+                   disable=None if show is None else not show,
                    desc="train", unit="step", dynamic_ncols=True)
-        step = 0
-        for step in range(1, cfg.train.steps + 1):
+        step = start_step
+        for step in range(start_step + 1, cfg.train.steps + 1):
             tokens = data.sample().tokens
             logits = model(tokens)
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
@@ -159,6 +192,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach()
+            guard.observe(step, loss.detach())
             steps_since_eval += 1
             bar.update(1)
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
@@ -169,27 +203,40 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
                 bar.set_postfix(loss=f"{train_loss:.3f}",
                                 induction=f"{best_induction_head(row)[1]:.2f}")
                 if not math.isfinite(train_loss):
-                    error = f"non-finite training loss ({train_loss}) at step {step}"
+                    error = (guard.problem(model, step)  # names the first bad step
+                             or f"non-finite mean training loss up to step {step}")
                     break
             if step % cfg.train.checkpoint_every == 0 and step != cfg.train.steps:
-                save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT,
-                                checkpoint_state(cfg, model, optimizer, scheduler, step))
+                error = checkpoint(step)
+                if error:
+                    break
+            if stop.requested:
+                break
+        if error is None:
+            error = checkpoint(step)  # the end, or where a signal stopped the run
         bar.close()
         train_seconds = time.perf_counter() - train_start
-        if error is None:
-            save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT,
-                            checkpoint_state(cfg, model, optimizer, scheduler, step))
+        interrupted = error is None and stop.requested and step < cfg.train.steps
         summary = summarize(rows, cfg)
         summary.update({
-            "status": "failed" if error else "finished",
+            "status": "failed" if error else "interrupted" if interrupted else "finished",
             "error": error,
+            "interrupted_by": stop.name if interrupted else None,
+            "exit_code": 1 if error else stop.exit_code if interrupted else 0,
+            "last_step": step,
+            "resumed_from_step": resumed.step if resumed else None,
             "threshold": cfg.train.induction_threshold,
             "wall_seconds": time.perf_counter() - start_time,
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
             "eval_fraction": eval_seconds / max(train_seconds, 1e-9),
-            "tokens_per_second": step * tokens_per_step / max(train_seconds - eval_seconds, 1e-9),
+            "tokens_per_second": (step - start_step) * tokens_per_step
+            / max(train_seconds - eval_seconds, 1e-9),
             "wandb_dir": tracker.wandb_dir,
         })
+        if error:
+            summary["error"] += (f"; last good checkpoint: step {saved_step} in "
+                                 f"{run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT}")
         tracker.summary(summary)
+        tracker.exit_code = summary["exit_code"]
     return summary

@@ -1,0 +1,168 @@
+"""Never lose a run, with real `scripts/train.py` processes: Ctrl-C and SIGTERM checkpoint and
+exit 130/143 with the command that resumes; kill -9 loses at most the steps since the last
+checkpoint; a resumed run ends bit-identical (CPU) to one never stopped; the same seed gives the
+same rows twice."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, TINY_OVERRIDES, TRAIN_SCRIPT, child_env, run_train
+from wandb_records import read_run
+
+from tinyinduct.tracking import read_metrics
+
+STEPS = 400
+# long enough to stop part-way; eval and checkpoint cadences that do not line up, so a stop
+# falls inside an evaluation interval (the running training loss must resume too)
+RUN = [*TINY_OVERRIDES, f"train.steps={STEPS}", "train.eval_every=50",
+       "train.checkpoint_every=70"]
+
+
+def comparable(rows):
+    """Rows without their timing fields (the only thing allowed to differ between runs)."""
+    return [{k: v for k, v in r.items() if "seconds" not in k and not k.startswith("time/")}
+            for r in rows]
+
+
+def start_train(run_dir, *overrides):
+    cmd = [sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group, as in a terminal
+
+
+def wait_for_step(proc, run_dir, step, timeout=180):
+    """Poll metrics.jsonl until a row at `step` or later is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        if rows and rows[-1]["step"] >= step:
+            return rows
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before step {step}: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no row at step {step} within {timeout} s")
+
+
+def wandb_runs(run_dir):
+    return [read_run(p) for p in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
+
+
+def checkpoint(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The run never stopped."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    proc = run_train(run_dir, *RUN)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def assert_same_run(run_dir, reference):
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    ref_rows = read_metrics(reference / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, *range(50, STEPS + 1, 50)]  # none twice, none missing
+    assert comparable(rows) == comparable(ref_rows)
+    final, ref_final = checkpoint(run_dir), checkpoint(reference)
+    assert final["step"] == ref_final["step"] == STEPS
+    for name, tensor in ref_final["model"].items():
+        assert torch.equal(final["model"][name], tensor), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ref_summary = json.loads((reference / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["final_train_loss"] == ref_summary["final_train_loss"]
+
+
+def test_ctrl_c_checkpoints_and_the_printed_command_resumes_bit_identically(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *RUN)
+    wait_for_step(proc, run_dir, 50)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground process group
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGINT"
+    stopped = summary["last_step"]
+    assert 50 <= stopped < STEPS
+    assert checkpoint(run_dir)["step"] == stopped
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert rows[-1]["step"] <= stopped
+    assert comparable(rows) == comparable(read_metrics(reference / "metrics.jsonl"))[:len(rows)]
+    [record] = wandb_runs(run_dir)
+    assert record["exit_code"] == 130
+    assert record["summary"]["status"] == "interrupted"
+
+    command = re.search(r"Resume with: (.+)", err).group(1)
+    argv = shlex.split(command)
+    assert argv[0] == "python" and argv[-1] == f"resume={run_dir}"
+    resumed = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True,
+                             timeout=300, env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_dir, reference)
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from_step"] == stopped
+
+    first, second = wandb_runs(run_dir)  # the same W&B run, continued offline
+    assert first["run"].run_id == second["run"].run_id
+    assert second["exit_code"] == 0
+    logged = [h["_step"] for h in first["history"] + second["history"]]
+    assert logged == [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *RUN)
+    wait_for_step(proc, run_dir, 50)
+    proc.send_signal(signal.SIGTERM)  # a scheduler ending the job
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err
+    assert f"resume={run_dir}" in err and "Traceback" not in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
+    assert checkpoint(run_dir)["step"] == summary["last_step"] < STEPS
+    [record] = wandb_runs(run_dir)
+    assert record["exit_code"] == 143
+
+
+def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    every = 10
+    proc = start_train(run_dir, *RUN, f"train.checkpoint_every={every}")
+    wait_for_step(proc, run_dir, 100)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    saved = checkpoint(run_dir)["step"]
+    # a checkpoint every 10 steps: the one on disk is at most one save behind the last step
+    assert rows[-1]["step"] - saved <= 2 * every
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 150, "tokens": 384')  # a line cut short by the kill
+    assert read_metrics(run_dir / "metrics.jsonl") == rows  # still readable
+
+    resumed = run_train(run_dir, *RUN, f"train.checkpoint_every={every}", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # the torn line and rows past the checkpoint
+    assert_same_run(run_dir, reference)             # are gone, then recomputed identically
+
+
+def test_same_seed_same_rows_twice(reference, tmp_path):
+    again = tmp_path / "again"
+    proc = run_train(again, *RUN)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(again, reference)
