@@ -1,10 +1,11 @@
 """tinyinduct: watch induction heads form in a two-layer attention-only transformer."""
 
 from .config import ConfigError, ModelConfig, RunConfig
+from .interop import from_transformer_lens, to_transformer_lens
 from .model import AttnOnlyTransformer
 from .runs import Run, load_run
 from .train import train
 
 __all__ = ["AttnOnlyTransformer", "ConfigError", "ModelConfig", "Run", "RunConfig", "load_run",
-           "train"]
+           "train", "to_transformer_lens", "from_transformer_lens"]
 __version__ = "0.1.0"
