@@ -1,5 +1,6 @@
 """tinyinduct: watch induction heads form in a two-layer attention-only transformer."""
 
+from . import _clock  # noqa: F401  (first: starts the wall clock before torch loads)
 from .config import ConfigError, ModelConfig, RunConfig
 from .interop import from_transformer_lens, to_transformer_lens
 from .model import AttnOnlyTransformer

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .config import RunConfig, to_dict
+from .config import COMPOSITION_INPUTS, RunConfig, to_dict
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -45,7 +45,40 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
 
 
 def run_name(cfg: RunConfig) -> str:
-    return cfg.logger.name or f"{cfg.model.positional}-seed{cfg.seed}"
+    """`logger.name`, else the condition: `shortformer-seed3`, `standard-noK-seed3`, ..."""
+    if cfg.logger.name:
+        return cfg.logger.name
+    blocked = "".join(x for x in COMPOSITION_INPUTS if x in cfg.model.blocked_composition)
+    condition = cfg.model.positional + (f"-no{blocked}" if blocked else "")
+    return f"{condition}-seed{cfg.seed}"
+
+
+# W&B summaries beyond the last value: the best each of these reached during the run.
+MIN_SUMMARY_METRICS = ("train/loss", "eval/loss_second_copy", "eval/loss_ratio")
+HEAD_SCORE_TABLE = "heads/scores"
+
+
+def define_wandb_metrics(run: Any, cfg: RunConfig) -> None:
+    """Plot every metric against `step`; `tokens` is logged in every row, so any chart can switch
+    its x-axis to it. Losses also keep their minimum, induction scores their maximum."""
+    run.define_metric("step")
+    run.define_metric("tokens", step_metric="step")
+    run.define_metric("*", step_metric="step")
+    for key in MIN_SUMMARY_METRICS:
+        run.define_metric(key, step_metric="step", summary="min,last")
+    for layer in range(cfg.model.n_layers):  # W&B applies summaries to named metrics, not globs
+        for head in range(cfg.model.n_heads):
+            run.define_metric(f"heads/induction/L{layer}H{head}", step_metric="step",
+                              summary="max,last")
+
+
+def head_score_rows(row: Dict[str, Any]) -> List[List[Any]]:
+    """`[head, layer, induction, prev_token, duplicate]` per head from a metrics row."""
+    kinds = ("induction", "prev_token", "duplicate")
+    labels = sorted({k.split("/")[2] for k in row if k.startswith("heads/induction/")},
+                    key=lambda label: tuple(int(x) for x in label[1:].split("H")))
+    return [[label, int(label[1:].split("H")[0])]
+            + [row.get(f"heads/{kind}/{label}") for kind in kinds] for label in labels]
 
 
 class Tracker:
@@ -57,6 +90,7 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.wandb_run = None
         self._file = None
+        self._last_row: Dict[str, Any] | None = None
 
     def __enter__(self) -> Tracker:
         self._file = open(self.run_dir / METRICS_FILE, "a")
@@ -79,9 +113,7 @@ class Tracker:
                 dir=str(self.run_dir),
                 settings=wandb.Settings(console="off", silent=True, init_timeout=30),
             )
-            run.define_metric("step")
-            run.define_metric("tokens", step_metric="step")
-            run.define_metric("*", step_metric="step")
+            define_wandb_metrics(run, self.cfg)
             return run
         except Exception as err:  # W&B trouble never stops training: local files stay complete
             print(f"W&B unavailable ({type(err).__name__}: {err}); logging to "
@@ -91,11 +123,19 @@ class Tracker:
     def log(self, row: Dict[str, Any]) -> None:
         self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self._file.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log(row, step=row["step"])
+        self._last_row = row
+        if self.wandb_run is not None:  # as in the file, a NaN is a missing value, not a minimum
+            self.wandb_run.log({k: v for k, v in row.items() if _jsonable(v) is not None},
+                               step=row["step"])
 
     def summary(self, summary: Dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
+        if self.wandb_run is not None and self._last_row is not None:
+            import wandb
+
+            table = wandb.Table(columns=["head", "layer", "induction", "prev_token", "duplicate"],
+                                data=head_score_rows(self._last_row))
+            self.wandb_run.log({HEAD_SCORE_TABLE: table}, step=self._last_row["step"])
         if self.wandb_run is not None:
             for key, value in summary.items():
                 if value is not None:
