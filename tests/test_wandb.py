@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -117,23 +118,30 @@ def test_a_sweep_shares_one_group_named_after_its_folder(tmp_path):
         record = read_run(find_run_file(sweep_dir / job))
         assert record["run"].run_group == str(sweep_dir)
         names.add(record["run"].display_name)
+        # the README's sweep path, with this sweep's folder and job, finds the job's W&B run
+        pattern = readme_sync_patterns()["multirun"]
+        placeholder = "multirun/<date>/<time>/<job>"
+        assert pattern.startswith(placeholder + "/"), pattern
+        matches = glob.glob(str(sweep_dir / job) + pattern[len(placeholder):])
+        assert len(matches) == 1 and find_run_file(sweep_dir / job).parent == Path(matches[0])
     assert names == {"standard-seed0", "standard-seed1"}
 
 
-def readme_sync_pattern() -> str:
-    """The folder the README's `wandb sync` command points at, e.g. `outputs/<date>/<time>/...`."""
+def readme_sync_patterns() -> dict:
+    """The offline-run folders the README points `wandb sync` at, by the folder they start from."""
     text = (ROOT / "README.md").read_text()
-    commands = re.findall(r"^wandb sync (\S+)", text, flags=re.M)
-    assert commands, "README.md has no `wandb sync <dir>` command"
-    assert len(set(commands)) == 1, commands
-    return commands[0]
+    paths = set(re.findall(r"((?:outputs|multirun)/\S*wandb/offline-run-[^\s`]*)", text))
+    found = {p.split("/")[0]: p for p in paths}
+    assert set(found) == {"outputs", "multirun"} and len(paths) == 2, paths
+    assert re.search(r"^wandb sync " + re.escape(found["outputs"]), text, flags=re.M)
+    return found
 
 
 def test_readme_wandb_sync_points_at_the_offline_run_folder(blocked_run):
     run_dir, proc, _, _ = blocked_run
     printed = re.search(r"wandb sync (\S+)", proc.stdout).group(1)
     # the README's placeholder for the run dir, replaced by this run's dir, globs to that folder
-    pattern = readme_sync_pattern()
+    pattern = readme_sync_patterns()["outputs"]
     placeholder = "outputs/<date>/<time>"
     assert pattern.startswith(placeholder + "/"), pattern
     matches = glob.glob(str(run_dir) + pattern[len(placeholder):])
