@@ -288,7 +288,7 @@ def test_pip_install_dot_ships_configs_and_the_console_script(tmp_path):
     the configs and the entry point, and the installed copy trains from any folder."""
     site = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                           "--no-build-isolation", "--target", str(site), str(ROOT)],
+                           "--target", str(site), str(ROOT)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     shipped = {p.relative_to(site / "tinyinduct" / "configs").as_posix()

@@ -25,8 +25,8 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer, scheduler,
-                     step: int) -> Dict[str, Any]:
+def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> Dict[str, Any]:
     return {
         "config": to_dict(cfg),
         "step": step,
