@@ -131,11 +131,14 @@ class Tracker:
     def summary(self, summary: Dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         if self.wandb_run is not None and self._last_row is not None:
-            import wandb
+            try:
+                import wandb
 
-            table = wandb.Table(columns=["head", "layer", "induction", "prev_token", "duplicate"],
-                                data=head_score_rows(self._last_row))
-            self.wandb_run.log({HEAD_SCORE_TABLE: table}, step=self._last_row["step"])
+                table = wandb.Table(data=head_score_rows(self._last_row), columns=[
+                    "head", "layer", "induction", "prev_token", "duplicate"])
+                self.wandb_run.log({HEAD_SCORE_TABLE: table}, step=self._last_row["step"])
+            except Exception as err:  # the local files are complete whatever W&B does
+                print(f"W&B table not logged ({type(err).__name__}: {err})", file=sys.stderr)
         if self.wandb_run is not None:
             for key, value in summary.items():
                 if value is not None:
