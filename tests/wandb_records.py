@@ -46,9 +46,10 @@ def read_payloads(path: Path) -> List[bytes]:
 
 
 def read_run(run_file: Path) -> Dict[str, Any]:
-    """`{"history": [row...], "summary": {...}, "config": {...}, "exit_code": int|None}`."""
+    """`{"history": [row...], "summary": {...}, "config": {...}, "exit_code": int|None,
+    "run": RunRecord, "metrics": [MetricRecord...]}` (`metrics`: the `define_metric` calls)."""
     out: Dict[str, Any] = {"history": [], "summary": {}, "config": {}, "exit_code": None,
-                           "run": None}
+                           "run": None, "metrics": []}
     for payload in read_payloads(run_file):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
@@ -62,6 +63,8 @@ def read_run(run_file: Path) -> Dict[str, Any]:
         elif kind == "config":
             for item in record.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "metric":
+            out["metrics"].append(record.metric)
         elif kind == "exit":
             out["exit_code"] = record.exit.exit_code
         elif kind == "run":

@@ -25,8 +25,9 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer, scheduler,
-                     step: int, **extra: Any) -> Dict[str, Any]:
+def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, step: int,
+                     **extra: Any) -> Dict[str, Any]:
     """What `load_run` reads, plus `extra` (what resuming needs: generator states, ...)."""
     return {
         "config": to_dict(cfg),

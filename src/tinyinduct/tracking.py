@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .config import RunConfig, to_dict
+from .config import COMPOSITION_INPUTS, RunConfig, to_dict
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -48,7 +48,40 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
 
 
 def run_name(cfg: RunConfig) -> str:
-    return cfg.logger.name or f"{cfg.model.positional}-seed{cfg.seed}"
+    """`logger.name`, else the condition: `shortformer-seed3`, `standard-noK-seed3`, ..."""
+    if cfg.logger.name:
+        return cfg.logger.name
+    blocked = "".join(x for x in COMPOSITION_INPUTS if x in cfg.model.blocked_composition)
+    condition = cfg.model.positional + (f"-no{blocked}" if blocked else "")
+    return f"{condition}-seed{cfg.seed}"
+
+
+# W&B summaries beyond the last value: the best each of these reached during the run.
+MIN_SUMMARY_METRICS = ("train/loss", "eval/loss_second_copy", "eval/loss_ratio")
+HEAD_SCORE_TABLE = "heads/scores"
+
+
+def define_wandb_metrics(run: Any, cfg: RunConfig) -> None:
+    """Plot every metric against `step`; `tokens` is logged in every row, so any chart can switch
+    its x-axis to it. Losses also keep their minimum, induction scores their maximum."""
+    run.define_metric("step")
+    run.define_metric("tokens", step_metric="step")
+    run.define_metric("*", step_metric="step")
+    for key in MIN_SUMMARY_METRICS:
+        run.define_metric(key, step_metric="step", summary="min,last")
+    for layer in range(cfg.model.n_layers):  # W&B applies summaries to named metrics, not globs
+        for head in range(cfg.model.n_heads):
+            run.define_metric(f"heads/induction/L{layer}H{head}", step_metric="step",
+                              summary="max,last")
+
+
+def head_score_rows(row: Dict[str, Any]) -> List[List[Any]]:
+    """`[head, layer, induction, prev_token, duplicate]` per head from a metrics row."""
+    kinds = ("induction", "prev_token", "duplicate")
+    labels = sorted({k.split("/")[2] for k in row if k.startswith("heads/induction/")},
+                    key=lambda label: tuple(int(x) for x in label[1:].split("H")))
+    return [[label, int(label[1:].split("H")[0])]
+            + [row.get(f"heads/{kind}/{label}") for kind in kinds] for label in labels]
 
 
 class Tracker:
@@ -62,7 +95,7 @@ class Tracker:
         self.resume_id = wandb_id  # continue this W&B run (a resumed training run)
         self.exit_code = 0  # what W&B records at the end, unless an exception escapes
         self._file = None
-        self._last_step = None
+        self._last_row: Dict[str, Any] | None = None
         self._summarized = False
 
     def __enter__(self) -> Tracker:
@@ -94,9 +127,7 @@ class Tracker:
                 resume="allow" if self.resume_id else None,
                 settings=wandb.Settings(console="off", silent=True, init_timeout=timeout),
             )
-            run.define_metric("step")
-            run.define_metric("tokens", step_metric="step")
-            run.define_metric("*", step_metric="step")
+            define_wandb_metrics(run, self.cfg)
             return run
         except Exception as err:  # W&B trouble never stops training: local files stay complete
             then = ("logging offline instead (sync later with `wandb sync`)" if mode == "online"
@@ -111,18 +142,28 @@ class Tracker:
         self.wandb_run = None
 
     def log(self, row: Dict[str, Any]) -> None:
-        self._last_step = row["step"]
         self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self._file.flush()
-        if self.wandb_run is not None:
+        self._last_row = row
+        if self.wandb_run is not None:  # as in the file, a NaN is a missing value, not a minimum
             try:
-                self.wandb_run.log(row, step=row["step"])
+                self.wandb_run.log({k: v for k, v in row.items() if _jsonable(v) is not None},
+                                   step=row["step"])
             except Exception as err:
                 self._wandb_failed(err)
 
     def summary(self, summary: Dict[str, Any]) -> None:
         self._summarized = True
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
+        if self.wandb_run is not None and self._last_row is not None:
+            try:
+                import wandb
+
+                table = wandb.Table(data=head_score_rows(self._last_row), columns=[
+                    "head", "layer", "induction", "prev_token", "duplicate"])
+                self.wandb_run.log({HEAD_SCORE_TABLE: table}, step=self._last_row["step"])
+            except Exception as err:  # the local files are complete whatever W&B does
+                print(f"W&B table not logged ({type(err).__name__}: {err})", file=sys.stderr)
         if self.wandb_run is not None:
             try:
                 for key, value in summary.items():
@@ -143,7 +184,8 @@ class Tracker:
         if exc is not None and not self._summarized:  # a crash still leaves a summary saying so
             stopped = isinstance(exc, KeyboardInterrupt)
             self.summary({"status": "interrupted" if stopped else "failed",
-                          "error": f"{exc_type.__name__}: {exc}", "steps": self._last_step})
+                          "error": f"{exc_type.__name__}: {exc}",
+                          "steps": self._last_row["step"] if self._last_row else None})
         if self._file is not None:
             self._file.close()
         if self.wandb_run is not None:

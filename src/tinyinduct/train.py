@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
         return torch.optim.AdamW(groups, **kwargs)
 
 
-def lr_lambda(cfg: RunConfig):
+def lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
     o, steps = cfg.optim, cfg.train.steps
 
     def factor(step: int) -> float:

@@ -1,0 +1,102 @@
+"""The Hydra training app behind `scripts/train.py` and the `tinyinduct-train` console script.
+
+With `hydra_errors.py`, the package's only Hydra importer: the rest of the library takes a
+`RunConfig` and never sees Hydra. Configs: `tinyinduct.resources.config_dir()`. Torch is imported
+only once the config is valid, so a bad command line is answered in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ._clock import IMPORT_START
+from .config import ConfigError, RunConfig
+from .hydra_errors import config_composed, describe, run_with_one_line_errors
+from .resources import config_dir
+
+CONFIG_DIR = config_dir()
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def sweep_group(cfg: DictConfig) -> None:
+    """In a multirun, runs without `logger.group` share one W&B group: the sweep's folder."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.group is None:
+        cfg.logger.group = str(hydra_cfg.sweep.dir)
+
+
+def resume_command(run_dir: Path) -> str:
+    """This command line again, continuing `run_dir`."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    program = "python scripts/train.py" if sys.argv[0].endswith(".py") else "tinyinduct-train"
+    return " ".join([program, *map(shlex.quote, overrides), shlex.quote(f"resume={run_dir}")])
+
+
+def check_known_keys(cfg: DictConfig, schema: object = None, prefix: str = "") -> None:
+    """`+key=value` slips past the schema: refuse it like any other unknown key."""
+    schema = RunConfig() if schema is None else schema
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(prefix + key, cfg[key], f"unknown key; known: {', '.join(known)}")
+        if dataclasses.is_dataclass(getattr(schema, key)):
+            check_known_keys(cfg[key], getattr(schema, key), f"{prefix}{key}.")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def app(cfg: DictConfig) -> dict:
+    config_composed()
+    try:
+        check_known_keys(cfg)
+        sweep_group(cfg)
+        run_cfg = OmegaConf.to_object(cfg)
+        from .train import format_summary, train  # torch: only for a valid config
+
+        # a resumed run writes into the run it continues (and keeps that run's config.yaml)
+        run_dir = Path(run_cfg.resume or HydraConfig.get().runtime.output_dir)
+        if not run_cfg.resume:
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        summary = train(run_cfg, run_dir)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
+        print(f"error: {describe(err)}", file=sys.stderr)
+        sys.exit(2)
+    finished = summary.get("status") == "finished"
+    print(format_summary(summary, run_dir), file=sys.stdout if finished else sys.stderr)
+    if summary.get("status") == "interrupted":
+        print(f"Resume with: {resume_command(run_dir)}", file=sys.stderr)
+    print(f"Whole process: {time.perf_counter() - IMPORT_START:.1f} s.")
+    if summary.get("wandb_dir") and run_cfg.logger.mode == "offline":
+        where = (summary["wandb_dir"] if summary.get("resumed_from_step") is None
+                 else f"{run_dir}/wandb/offline-run-*")  # a resumed run has one dir per session
+        print(f"W&B offline run: wandb sync {where}")
+    if summary.get("exit_code"):
+        sys.exit(summary["exit_code"])
+    return summary
+
+
+def _run_dir_follows_resume(argv: list) -> None:
+    """`resume=RUN_DIR` alone makes Hydra's run directory RUN_DIR (not a fresh outputs/...)."""
+    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if resume and resume[-1] not in ("", "null") and "," not in resume[-1] \
+            and not any(a.startswith("hydra.run.dir=") for a in argv):
+        argv.append(f"hydra.run.dir={resume[-1]}")
+
+
+def main() -> None:
+    """`python scripts/train.py ...` / `tinyinduct-train ...`: Hydra overrides from sys.argv."""
+    _run_dir_follows_resume(sys.argv)
+    run_with_one_line_errors(app)

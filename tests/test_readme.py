@@ -1,0 +1,308 @@
+"""The README works as written: its config table is the schema, its Python examples run on a real
+(tiny) run, and every shell command in it is run by a test or by CI."""
+
+import dataclasses
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from conftest import ROOT, TINY_OVERRIDES, child_env
+
+from tinyinduct.config import RunConfig
+
+README = (ROOT / "README.md").read_text()
+TRAIN_COMMANDS = ("python scripts/train.py", "tinyinduct-train")
+# Commands words that make a code span a shell command.
+COMMAND_WORDS = ("pip", "python", "pytest", "wandb", "tinyinduct-train", "bash")
+# Shell commands no test runs, with where they are exercised instead. Commands run by CI are
+# checked against .ci/run below; keep this list short and true.
+EXERCISED_ELSEWHERE = {
+    "wandb login": "W&B's own command; needs an account, so nothing here can run it",
+    "bash .ci/run": "is CI",
+}
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end != -1 else None]
+
+
+def fenced_blocks(language: str) -> list:
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.M | re.S)
+
+
+def shell_commands() -> list:
+    """Every command line of every ```bash block, and every inline code span that is a command."""
+    commands = []
+    for block in fenced_blocks("bash"):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    for span in re.findall(r"`([^`\n]+)`", README):
+        if span.split()[0] in COMMAND_WORDS and len(span.split()) > 1:
+            commands.append(span.strip())
+    return commands
+
+
+def ci_commands() -> set:
+    """The commands .ci/run runs, as a user would type them (no `python -m`, no `--quiet`)."""
+    out = set()
+    for line in (ROOT / ".ci" / "run").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = [w for w in shlex.split(line) if w != "--quiet"]
+        if words[:2] == ["python", "-m"]:
+            words = words[2:]
+        out.add(shlex.join(words))
+    return out
+
+
+def how_exercised(command: str) -> str | None:
+    if command.startswith(TRAIN_COMMANDS):
+        return "test_readme_train_commands_run"
+    if command.startswith("wandb sync"):
+        return "test_wandb.py: the README's sync paths glob to a real run's W&B folder"
+    if command in ("python -m tinyinduct", "python -m tinyinduct --help"):
+        return "test_module_prints_where_to_start"
+    if command == "pip install .":
+        return "test_pip_install_dot_ships_configs_and_the_console_script"
+    if shlex.join(shlex.split(command)) in ci_commands():
+        return ".ci/run"
+    return EXERCISED_ELSEWHERE.get(command)
+
+
+def test_every_readme_command_is_exercised():
+    commands = shell_commands()
+    assert "pytest" in commands and any(c.startswith("wandb sync") for c in commands)
+    unexercised = [c for c in commands if how_exercised(c) is None]
+    assert not unexercised, (
+        f"README commands no test or CI runs: {unexercised}. Run them in a test, add them to "
+        ".ci/run, or list them in EXERCISED_ELSEWHERE in tests/test_readme.py")
+
+
+def test_install_is_two_commands_and_ci_runs_both():
+    block = re.search(r"```bash\n(.*?)```", section("Install and test"), flags=re.S).group(1)
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    assert len(lines) == 2 and all(how_exercised(line) == ".ci/run" for line in lines), lines
+
+
+# --- the configuration table ---------------------------------------------------------------
+
+
+def schema_fields(cls=RunConfig, prefix: str = "") -> list:
+    """Dotted names of every field of the schema, walking nested dataclasses."""
+    names = []
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            names += schema_fields(type(value), f"{prefix}{f.name}.")
+        else:
+            names.append(prefix + f.name)
+    return names
+
+
+def split_top_level(text: str) -> list:
+    """Split on commas that are not inside brackets: `1e-2, [], ${a.b}` -> 3 items."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{" and 1 or 0
+        depth -= char in "]}" and 1 or 0
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item.strip().strip("`").strip() for item in items + [current]]
+
+
+def table_defaults() -> dict:
+    """`{dotted field: default text}` from the Configuration table; `a.x`, `y` rows share `a.`."""
+    out = {}
+    for row in re.findall(r"^\| (`.*?) \| (.*?) \| .* \|$", section("Configuration"), flags=re.M):
+        names = re.findall(r"`([^`]+)`", row[0])
+        sect = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+        full = [names[0]] + [n if "." in n else sect + n for n in names[1:]]
+        defaults = split_top_level(row[1])
+        assert len(defaults) == len(full), f"{full} has defaults {defaults}"
+        out.update(zip(full, defaults))
+    return out
+
+
+def parse_default(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"null": None, "true": True, "false": False, "[]": []}.get(text, text)
+
+
+def composed_defaults() -> dict:
+    """What a run gets with no overrides: configs/ composed over the schema, unresolved."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tinyinduct.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="train"), resolve=False)
+
+    def flatten(node: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                out.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    return flatten(cfg)
+
+
+def test_config_table_lists_every_schema_field_with_its_default():
+    table, fields, composed = table_defaults(), schema_fields(), composed_defaults()
+    missing = [f for f in fields if f not in table]
+    assert not missing, (f"fields missing from the README's Configuration table: {missing} "
+                         f"(defaults: {[composed.get(f) for f in missing]})")
+    assert not set(table) - set(fields), f"table rows not in the schema: {set(table) - set(fields)}"
+    for name in fields:
+        assert parse_default(table[name]) == composed[name], (
+            f"README says {name} defaults to {table[name]!r}; a run gets {composed[name]!r}")
+
+
+# --- examples and commands, run -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real run with the tiny sizes, trained in-process (no W&B)."""
+    from tinyinduct import train
+    from tinyinduct.config import run_config_from_dict
+
+    overrides = dict(o.split("=", 1) for o in TINY_OVERRIDES)
+    data = {}
+    for key, value in overrides.items():
+        sect, name = key.split(".") if "." in key else (None, key)
+        target = data.setdefault(sect, {}) if sect else data
+        target[name] = parse_default(value)
+    data["model"]["d_vocab"] = data["data"]["d_vocab"]
+    data["data"]["seq_len"] = data["model"]["n_ctx"]
+    data["logger"] = {"mode": "disabled", "progress": False}
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(run_config_from_dict(data), run_dir)
+    return run_dir
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**child_env(), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_readme_python_examples_run_on_a_real_run(tiny_run, tmp_path):
+    blocks = fenced_blocks("python")
+    assert any("to_transformer_lens" in b for b in blocks)
+    tl_example = re.search(r"```python\n(.*?)```", section("TransformerLens"), flags=re.S).group(1)
+    assert len(tl_example.strip().splitlines()) <= 5
+    for block in blocks:
+        code = re.sub(r'load_run\("outputs/[^"]+"\)', f'load_run("{tiny_run}")', block)
+        assert str(tiny_run) in code, block
+        proc = run_python(code, tmp_path)
+        assert proc.returncode == 0, f"{block}\n{proc.stderr}"
+    png = tmp_path / "L1H0.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_module_prints_where_to_start():
+    proc = subprocess.run([sys.executable, "-m", "tinyinduct", "--help"], capture_output=True,
+                          text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tinyinduct-train" in proc.stdout and "load_run" in proc.stdout
+    configs = re.search(r"Configs: (\S+)", proc.stdout).group(1)
+    assert (Path(configs) / "train.yaml").is_file()
+
+
+def entry_point_command() -> list:
+    """How the installed `tinyinduct-train` starts: pyproject's entry point, called."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["tinyinduct-train"].split(":")
+    return [sys.executable, "-c", f"import sys; sys.argv[0] = 'tinyinduct-train'; "
+            f"from {module} import {func}; {func}()"]
+
+
+def test_console_script_is_the_app_scripts_train_runs(tmp_path):
+    import runpy
+
+    import tinyinduct.cli
+
+    script = runpy.run_path(str(ROOT / "scripts" / "train.py"), run_name="imported")
+    assert script["main"] is tinyinduct.cli.main
+    # the entry point trains from a folder that is not the checkout
+    proc = subprocess.run([*entry_point_command(), f"hydra.run.dir={tmp_path / 'run'}",
+                           *TINY_OVERRIDES, "train.steps=20", "logger.mode=disabled"],
+                          cwd=tmp_path, capture_output=True, text=True, env=child_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "summary.json").is_file() and "Run dir:" in proc.stdout
+    bad = subprocess.run([*entry_point_command(), "model.positional=rotary"], cwd=tmp_path,
+                         capture_output=True, text=True, env=child_env(), timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: invalid config: model.positional")
+
+
+@pytest.mark.slow
+def test_readme_train_commands_run(tmp_path):
+    """Every training command in the README, as written, shrunk by the tiny overrides."""
+    commands = [c for c in shell_commands() if c.startswith(TRAIN_COMMANDS)]
+    assert len(commands) >= 3
+    for i, command in enumerate(commands):
+        words = shlex.split(command)
+        start = (["python", str(ROOT / "scripts" / "train.py")]
+                 if words[0] == "python" else entry_point_command())
+        rest = words[2:] if words[0] == "python" else words[1:]
+        out = tmp_path / str(i)
+        cmd = [*start[:1], *start[1:], *rest, *TINY_OVERRIDES, "train.steps=20",
+               f"hydra.run.dir={out}", f"hydra.sweep.dir={out}"]
+        cmd[0] = sys.executable
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=child_env(),
+                              timeout=600)
+        assert proc.returncode == 0, f"{command}\n{proc.stderr}"
+        if "--help" in words:
+            assert "model:" in proc.stdout
+        elif "-m" in words:
+            assert len(list(out.glob("*/summary.json"))) > 1, command
+        else:
+            assert (out / "summary.json").is_file(), command
+
+
+@pytest.mark.slow
+def test_pip_install_dot_ships_configs_and_the_console_script(tmp_path):
+    """`pip install .` without the dependencies (they are this environment's): the wheel holds
+    the configs and the entry point, and the installed copy trains from any folder."""
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                           "--target", str(site), str(ROOT)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    shipped = {p.relative_to(site / "tinyinduct" / "configs").as_posix()
+               for p in (site / "tinyinduct" / "configs").rglob("*.yaml")}
+    assert shipped == {p.relative_to(ROOT / "configs").as_posix()
+                       for p in (ROOT / "configs").rglob("*.yaml")}
+    entry = next(site.glob("tinyinduct-*.dist-info")) / "entry_points.txt"
+    assert "tinyinduct-train = tinyinduct.cli:main" in entry.read_text()
+    env = {**child_env(), "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-m", "tinyinduct"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=120)
+    assert f"Configs: {site / 'tinyinduct' / 'configs'}" in where.stdout, where.stdout
+    train = subprocess.run([*entry_point_command(), f"hydra.run.dir={tmp_path / 'run'}",
+                            *TINY_OVERRIDES, "train.steps=20", "logger.mode=disabled"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert train.returncode == 0, train.stderr
+    assert (tmp_path / "run" / "summary.json").is_file()
