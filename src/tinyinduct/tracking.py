@@ -77,6 +77,7 @@ class Tracker:
                 config=to_dict(self.cfg),
                 mode=logger.mode,
                 dir=str(self.run_dir),
+                reinit="create_new",  # several runs may be open at once (train.n_seeds > 1)
                 settings=wandb.Settings(console="off", silent=True, init_timeout=30),
             )
             run.define_metric("step")
