@@ -12,7 +12,8 @@ Measures, in one process, interleaving the variants and taking medians over repe
    FLOPs per token (formula below, checked against torch's FLOP counter) and achieved GFLOP/s as
    a fraction of a matmul peak measured in the same run;
 2. many seeds at once: a step of K stacked models (`train.n_seeds=K`, data generation included)
-   against K sequential single-model steps, as aggregate tokens/s;
+   against K sequential single-model steps, as aggregate tokens/s, at the default batch and at
+   a quarter of it;
 3. time to induction of the default config (a real default run through `tinyinduct.train`) and
    the share of its wall time spent in evaluation.
 
@@ -246,7 +247,7 @@ def bench_many_seeds(fields, batch, device, threads, timer, repeats, ks) -> List
                      "aggregate_tokens_per_second": aggregate,
                      "sequential_tokens_per_second": single_rate,
                      "speedup_vs_sequential": aggregate / single_rate})
-        print(f"[{threads} thr] {k} seeds at once: {aggregate:,.0f} tok/s in all, "
+        print(f"[{threads} thr] batch {batch}, {k} seeds at once: {aggregate:,.0f} tok/s in all, "
               f"{aggregate / single_rate:.2f}x {k} sequential runs", flush=True)
     return rows
 
@@ -353,9 +354,11 @@ def main() -> None:
         print(f"[{n} thr] matmul peak {peaks['fp32']:.1f} GFLOP/s (fp32)", flush=True)
         if "models" in parts:
             result["models"] += bench_models(configs, device, n, timer, repeats, peaks)
-        if "seeds" in parts:
-            result["many_seeds"] += bench_many_seeds(default_fields, default_batch, device, n,
-                                                     timer, repeats, ks)
+        # many seeds pay most where one model's batch is too small to fill the machine
+        for batch in ([default_batch] if args.quick else [default_batch, default_batch // 4]):
+            if "seeds" in parts:
+                result["many_seeds"] += bench_many_seeds(default_fields, batch, device, n,
+                                                         timer, repeats, ks)
     if "induction" in parts:
         torch.set_num_threads(max(threads))
         result["time_to_induction"] = time_to_induction(default_fields, default_batch, device,
