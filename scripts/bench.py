@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -147,6 +148,7 @@ def transformer_lens_model(m: ModelConfig, device: torch.device):
         from transformer_lens import HookedTransformer, HookedTransformerConfig
     except ImportError:
         return None
+    warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
     cfg = HookedTransformerConfig(
         n_layers=m.n_layers, d_model=m.d_model, d_head=m.d_head, n_heads=m.n_heads,
         n_ctx=m.n_ctx, d_vocab=m.d_vocab, attn_only=True, normalization_type=None,

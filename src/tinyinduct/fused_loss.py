@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 
 IGNORE = -100  # a target that contributes no loss (cross_entropy's ignore_index)
-CHUNK_FLOATS = 1 << 18  # logits per chunk (1 MiB of float32): stays in cache
+CHUNK_FLOATS = 1 << 18  # logits per chunk on a CPU (1 MiB of float32): stays in cache
 
 
-def _chunks(rows: int, per_row: int):
-    size = max(1, CHUNK_FLOATS // per_row)
+def _chunks(rows: int, per_row: int, device: torch.device):
+    # a GPU streams the whole tensor faster than it launches many small kernels
+    size = max(1, CHUNK_FLOATS // per_row) if device.type == "cpu" else rows
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
@@ -28,7 +29,7 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         safe = targets.clamp(min=0)
         loss = resid.new_zeros(targets.shape)
         lse = resid.new_zeros(targets.shape)
-        for c in _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2]):
+        for c in _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2], resid.device):
             logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)  # [G, rows, V]
             lse[:, c] = logits.logsumexp(-1)
             picked = logits.gather(-1, safe[:, c, None]).squeeze(-1)
@@ -43,7 +44,7 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         grad_W = torch.zeros_like(W_U)
         grad_b = torch.zeros_like(b_U)
         scale = grad_loss * keep  # ignored rows pass no gradient
-        for c in _chunks(safe.shape[1], W_U.shape[0] * W_U.shape[2]):
+        for c in _chunks(safe.shape[1], W_U.shape[0] * W_U.shape[2], resid.device):
             logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)
             # d loss / d logits = softmax - onehot(target), times the incoming gradient
             g = (logits - lse[:, c, None]).exp_()
