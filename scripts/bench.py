@@ -346,6 +346,13 @@ def main() -> None:
         "load_average_before": load_average(), "flops_formula": FLOPS_FORMULA,
         "matmul_peak_gflops": {}, "models": [], "many_seeds": [],
     }
+
+    def save(final: bool = False) -> None:  # after every part: a run cut short keeps its results
+        result["complete"] = final
+        result["load_average_after"] = load_average()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     for n in threads:
         torch.set_num_threads(n)
         m = run_config(default_fields, default_batch, str(device)).model
@@ -356,11 +363,13 @@ def main() -> None:
         print(f"[{n} thr] matmul peak {peaks['fp32']:.1f} GFLOP/s (fp32)", flush=True)
         if "models" in parts:
             result["models"] += bench_models(configs, device, n, timer, repeats, peaks)
+            save()
         # many seeds pay most where one model's batch is too small to fill the machine
         for batch in ([default_batch] if args.quick else [default_batch, default_batch // 4]):
             if "seeds" in parts:
                 result["many_seeds"] += bench_many_seeds(default_fields, batch, device, n,
                                                          timer, repeats, ks)
+                save()
     if "induction" in parts:
         torch.set_num_threads(max(threads))
         result["time_to_induction"] = time_to_induction(default_fields, default_batch, device,
@@ -369,9 +378,7 @@ def main() -> None:
         print(f"[{t['threads']} thr] default run: phase change at step {t['phase_change_step']} "
               f"({t['phase_change_training_seconds'] or float('nan'):.1f} s of training), "
               f"evaluation {100 * t['eval_fraction_of_wall']:.1f}% of wall time", flush=True)
-    result["load_average_after"] = load_average()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(final=True)
     print(f"wrote {args.out}")
 
 

@@ -22,7 +22,7 @@ def test_quick_benchmark_writes_its_json(tmp_path):
     for key in ("date", "command", "device", "machine", "load_average_before", "flops_formula",
                 "load_average_after"):
         assert key in result, key
-    assert result["quick"] is True and result["device"] == "cpu"
+    assert result["quick"] is True and result["complete"] is True and result["device"] == "cpu"
     assert result["matmul_peak_gflops"]["1"]["fp32"] > 0
 
     (model,) = result["models"]
