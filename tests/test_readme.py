@@ -23,6 +23,8 @@ COMMAND_WORDS = ("pip", "python", "pytest", "wandb", "tinyinduct-train", "bash")
 EXERCISED_ELSEWHERE = {
     "wandb login": "W&B's own command; needs an account, so nothing here can run it",
     "bash .ci/run": "is CI",
+    "python scripts/bench.py --device cuda --out bench-gpu.json": "needs a CUDA GPU",
+    'pip install "transformer-lens<4"': "the tl extra that .ci/run installs pins exactly this",
 }
 
 
@@ -71,6 +73,8 @@ def how_exercised(command: str) -> str | None:
         return "test_wandb.py: the README's sync paths glob to a real run's W&B folder"
     if command in ("python -m tinyinduct", "python -m tinyinduct --help"):
         return "test_module_prints_where_to_start"
+    if command.startswith("python scripts/bench.py") and "cuda" not in command:
+        return "test_bench.py::test_readme_bench_commands_run_in_quick_mode"
     if command == "pip install .":
         return "test_pip_install_dot_ships_configs_and_the_console_script"
     if shlex.join(shlex.split(command)) in ci_commands():

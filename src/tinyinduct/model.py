@@ -38,9 +38,14 @@ class LayerNorm(nn.Module):
         self.b = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d_model] -> same
-        x = x - x.mean(-1, keepdim=True)
-        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        return x / scale * self.w + self.b
+        return layer_norm(x, self.w, self.b, self.eps)
+
+
+def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """TransformerLens' LayerNorm of `x [..., d_model]`; `w`, `b` broadcast against `x`."""
+    x = x - x.mean(-1, keepdim=True)
+    scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return x / scale * w + b
 
 
 class Embed(nn.Module):
@@ -68,7 +73,39 @@ class Unembed(nn.Module):
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, p, d_model] -> [b, p, d_vocab]
-        return x @ self.W_U + self.b_U
+        # addmm adds the bias inside the matmul: no extra pass over the largest tensor
+        return torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U).view(
+            *x.shape[:-1], -1)
+
+
+def fused_attention(
+    inputs: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # q_in, k_in, v_in [..., b, p, d]
+    weights: Tuple[torch.Tensor, ...],  # W_Q, W_K, W_V [..., h, d, e], W_O [..., h, e, d]
+    biases: Tuple[torch.Tensor, ...] | None,  # b_Q, b_K, b_V [..., h, e], b_O [..., d]; None: 0
+    scale: float,
+) -> torch.Tensor:  # [..., b, p, d]
+    """Causal attention through `scaled_dot_product_attention`, heads-first layout. The leading
+    `...` is empty for one model and the model axis for stacked models. Inputs that are one
+    tensor share one matmul (their weights concatenated along the head axis); zero biases are
+    skipped rather than added."""
+    n_heads = weights[0].shape[-3]
+    qkv: list = [None, None, None]
+    for i, x in enumerate(inputs):
+        if qkv[i] is not None:
+            continue
+        same = [j for j in range(i, 3) if inputs[j] is x]
+        W = torch.cat([weights[j] for j in same], dim=-3) if len(same) > 1 else weights[i]
+        y = torch.einsum("...bpd,...hde->...bhpe", x, W)
+        if biases is not None:
+            y = y + torch.cat([biases[j] for j in same], dim=-2)[..., None, :, None, :]
+        for j, part in zip(same, y.split(n_heads, dim=-3)):
+            qkv[j] = part
+    q, k, v = qkv
+    lead = q.shape[:-3]  # SDPA wants one batch axis: fold the model axis into it
+    z = F.scaled_dot_product_attention(*(t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)),
+                                       is_causal=True, scale=scale)
+    out = torch.einsum("...bhpe,...hed->...bpd", z.view(*lead, *z.shape[-3:]), weights[3])
+    return out if biases is None else out + biases[3][..., None, None, :]
 
 
 class Attention(nn.Module):
@@ -89,6 +126,7 @@ class Attention(nn.Module):
         self.register_buffer("mask", torch.empty((0, 0), dtype=torch.bool))
         self.register_buffer("IGNORE", torch.tensor(-torch.inf))
         self.scale = 1.0 / math.sqrt(e)
+        self.attn_bias = cfg.attn_bias
 
     def forward(
         self,
@@ -98,12 +136,10 @@ class Attention(nn.Module):
         cache: Cache | None = None,
         prefix: str = "",
     ) -> torch.Tensor:  # [b, p, d_model]
-        if cache is None:  # fused path: heads-first layout for SDPA, no pattern materialised
-            q = torch.einsum("bpd,hde->bhpe", q_in, self.W_Q) + self.b_Q[:, None]
-            k = torch.einsum("bpd,hde->bhpe", k_in, self.W_K) + self.b_K[:, None]
-            v = torch.einsum("bpd,hde->bhpe", v_in, self.W_V) + self.b_V[:, None]
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-            return torch.einsum("bhpe,hed->bpd", z, self.W_O) + self.b_O
+        if cache is None:  # fused path: no pattern materialised
+            biases = (self.b_Q, self.b_K, self.b_V, self.b_O) if self.attn_bias else None
+            return fused_attention((q_in, k_in, v_in), (self.W_Q, self.W_K, self.W_V, self.W_O),
+                                   biases, self.scale)
 
         # explicit path, TransformerLens layouts: q/k/v/z [b, p, h, e], scores [b, h, q, k]
         q = torch.einsum("bpd,hde->bphe", q_in, self.W_Q) + self.b_Q
@@ -168,6 +204,16 @@ class AttnOnlyTransformer(nn.Module):
         layers >= 1 read from the direct path (token embedding, plus position where the
         positional mode puts it) instead of the residual stream.
         """
+        return self.unembed(self.final_residual(tokens, cache, blocked_composition))
+
+    def final_residual(
+        self,
+        tokens: torch.Tensor,  # [batch, pos] int64
+        cache: Cache | None = None,
+        blocked_composition: Iterable[str] | None = None,
+    ) -> torch.Tensor:  # [batch, pos, d_model]
+        """What the unembedding reads: the residual stream after the last layer (and
+        `ln_final`). `forward` is `unembed(final_residual(...))`."""
         if tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"sequence length {tokens.shape[1]} > n_ctx {self.cfg.n_ctx}")
         blocked = set(self.cfg.blocked_composition if blocked_composition is None
@@ -192,7 +238,7 @@ class AttnOnlyTransformer(nn.Module):
                 cache[prefix + "hook_resid_post"] = resid
         if hasattr(self, "ln_final"):
             resid = self.ln_final(resid)
-        return self.unembed(resid)
+        return resid
 
     @staticmethod
     def _attn_inputs(
@@ -209,7 +255,7 @@ class AttnOnlyTransformer(nn.Module):
         k_in = normed_direct if "K" in blocked else normed
         v_in = normed_direct if "V" in blocked else normed
         if shortformer:  # position enters queries and keys only, after the norm
-            q_in, k_in = q_in + pos, k_in + pos
+            q_in, k_in = (q_in + pos, k_in + pos) if q_in is not k_in else (q_in + pos,) * 2
         return q_in, k_in, v_in
 
     def run_with_cache(

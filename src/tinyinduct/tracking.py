@@ -124,6 +124,7 @@ class Tracker:
                 mode=mode,
                 dir=str(self.run_dir),
                 id=self.resume_id,
+                reinit="create_new",  # several runs may be open at once (train.n_seeds > 1)
                 resume="allow" if self.resume_id else None,
                 settings=wandb.Settings(console="off", silent=True, init_timeout=timeout),
             )

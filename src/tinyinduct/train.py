@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError, RunConfig, validate_run_config
 from .data import RepeatedSegmentData, make_probe
 from .evaluate import evaluate
+from .fused_loss import IGNORE
 from .guard import NonFiniteGuard
 from .interrupt import StopSignals
 from .metrics import best_induction_head
@@ -72,6 +73,34 @@ def lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
     return factor
 
 
+def next_token_targets(tokens: torch.Tensor) -> torch.Tensor:  # [..., pos] -> [..., pos]
+    """`tokens[..., i+1]` at position i; the last position gets `IGNORE` instead of being sliced
+    off the logits, which would copy the largest tensor forward and back."""
+    return torch.cat([tokens[..., 1:], torch.full_like(tokens[..., :1], IGNORE)], dim=-1)
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting `tokens[:, i+1]` at position i (a scalar)."""
+    return F.cross_entropy(logits.flatten(0, -2), next_token_targets(tokens).flatten(),
+                           ignore_index=IGNORE)
+
+
+def build_model(cfg: RunConfig, device: torch.device) -> AttnOnlyTransformer:
+    """The model a run with `cfg.seed` starts from."""
+    torch.manual_seed(cfg.seed)
+    model = AttnOnlyTransformer(cfg.model).to(device)
+    model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
+    return model
+
+
+def eval_batches(cfg: RunConfig, device: torch.device) -> tuple:
+    """The fixed probe and training-distribution batches every evaluation uses."""
+    probe = make_probe(cfg.data, seed=PROBE_SEED, device=device)
+    train_batch = RepeatedSegmentData(cfg.data, seed=TRAIN_DIST_SEED, device=device).sample(
+        cfg.data.eval_batch_size)
+    return probe, train_batch
+
+
 def summarize(rows: List[Dict[str, Any]], cfg: RunConfig) -> Dict[str, Any]:
     """Did an induction head form (final best layer>=1 score and copy-loss ratio), and when."""
     last = rows[-1]
@@ -97,6 +126,10 @@ def summarize(rows: List[Dict[str, Any]], cfg: RunConfig) -> Dict[str, Any]:
 def format_summary(summary: Dict[str, Any], run_dir: Path) -> str:
     """The one-paragraph account printed at the end of a run."""
     s = summary
+    if "seed_summaries" in s:
+        from .multiseed import format_seeds_summary
+
+        return format_seeds_summary(s, run_dir)
     if s.get("status") == "failed":
         return f"Run failed after step {s.get('last_step')}: {s.get('error')}. Files in {run_dir}."
     if s.get("status") == "interrupted":
@@ -122,17 +155,17 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
     non-finite loss stops it keeping the last good checkpoint (status "failed").
     """
     validate_run_config(cfg)
+    if cfg.train.n_seeds > 1:  # several seeds as one batched computation
+        from .multiseed import train_seeds
+
+        return train_seeds(cfg, run_dir, progress)
     start_time = time.perf_counter()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     resumed = load_resume_point(cfg, run_dir, device)  # bad resume: ConfigError, nothing built
-    torch.manual_seed(cfg.seed)
-    model = AttnOnlyTransformer(cfg.model).to(device)
-    model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
+    model = build_model(cfg, device)
     data = RepeatedSegmentData(cfg.data, seed=cfg.seed, device=device)
-    probe = make_probe(cfg.data, seed=PROBE_SEED, device=device)
-    train_batch = RepeatedSegmentData(cfg.data, seed=TRAIN_DIST_SEED, device=device).sample(
-        cfg.data.eval_batch_size)
+    probe, train_batch = eval_batches(cfg, device)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -184,7 +217,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
         for step in range(start_step + 1, cfg.train.steps + 1):
             tokens = data.sample().tokens
             logits = model(tokens)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+            loss = next_token_loss(logits, tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:

@@ -1,0 +1,386 @@
+#!/usr/bin/env python
+"""Training speed of tinyinduct, against TransformerLens and against itself.
+
+    python scripts/bench.py --out bench.json                  # CPU: 1 and 2 threads, ~3-5 min
+    python scripts/bench.py --device cuda --out bench-gpu.json
+    python scripts/bench.py --quick --threads 1 --seeds 1,2 --out /tmp/bench.json  # checks it runs
+
+Measures, in one process, interleaving the variants and taking medians over repeats:
+1. the training step (forward, backward, AdamW; data pre-generated) of tinyinduct's model (fused
+   SDPA path, and the explicit path that records every hook) and of TransformerLens'
+   `HookedTransformer` with the identical config, as tokens/s, the ratio to TransformerLens, model
+   FLOPs per token (formula below, checked against torch's FLOP counter) and achieved GFLOP/s as
+   a fraction of a matmul peak measured in the same run;
+2. many seeds at once: a step of K stacked models (`train.n_seeds=K`, data generation included)
+   against K sequential single-model steps, as aggregate tokens/s, at the default batch and at
+   a quarter of it;
+3. time to induction of the default config (a real default run through `tinyinduct.train`) and
+   the share of its wall time spent in evaluation.
+
+FLOPs per token, forward (multiply-add = 2 FLOPs; causal attention counts the (n_ctx + 1) / 2
+keys a token attends to on average; embeddings are lookups, elementwise work is not counted):
+    L * (2*d*3*h*e  +  2*h*e*d  +  2*2*h*e*(n+1)/2)  +  2*d*V
+training = 3 x forward (the backward pass is two matmuls per forward matmul).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import torch
+
+from tinyinduct.config import DataConfig, LoggerConfig, ModelConfig, RunConfig, TrainConfig
+from tinyinduct.data import RepeatedSegmentData
+from tinyinduct.multiseed import StackedTransformer, clip_grad_norm_per_model_, per_model_loss
+from tinyinduct.train import build_model, make_optimizer, next_token_loss, resolve_device
+from tinyinduct.train import train as train_run
+
+FLOPS_FORMULA = ("3 * (L * (2*d*3*h*e + 2*h*e*d + 2*2*h*e*(n+1)/2) + 2*d*V) per token "
+                 "(forward x3 for training; causal attention averaged over positions)")
+
+# name -> (model fields, batch size); the first is the default training config
+CONFIGS = {
+    "default": (dict(d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=512), 32),
+    "d128-ctx128": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=128, d_vocab=512), 32),
+    "d128-ctx256": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=256, d_vocab=512), 16),
+}
+PARTS = ("models", "seeds", "induction")
+QUICK_CONFIGS = {"tiny": (dict(d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=64), 8)}
+
+
+def flops_per_token(m: ModelConfig) -> float:
+    L, d, h, e, n, V = m.n_layers, m.d_model, m.n_heads, m.d_head, m.n_ctx, m.d_vocab
+    forward = L * (2 * d * 3 * h * e + 2 * h * e * d + 2 * 2 * h * e * (n + 1) / 2) + 2 * d * V
+    return 3 * forward
+
+
+def run_config(fields: Dict[str, Any], batch: int, device: str) -> RunConfig:
+    n_ctx = fields["n_ctx"]
+    longest = (n_ctx - 1) // 2
+    data = DataConfig(d_vocab=fields["d_vocab"], seq_len=n_ctx, batch_size=batch,
+                      min_copy_len=max(1, longest // 2), max_copy_len=longest)
+    return RunConfig(device=device, model=ModelConfig(**fields), data=data,
+                     logger=LoggerConfig(mode="disabled", progress=False))
+
+
+class Timer:
+    """Seconds per call of `fn`, in blocks of a fixed number of calls (chosen once so that a
+    block lasts about `block_s`), synchronising the device around each block."""
+
+    def __init__(self, device: torch.device, block_s: float):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.block_s = block_s
+
+    def calls_per_block(self, fn: Callable[[], Any]) -> int:
+        for _ in range(3):  # warm up
+            fn()
+        return max(2, int(self.block_s / max(self.block(fn, 2), 1e-6)))
+
+    def block(self, fn: Callable[[], Any], calls: int) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        self.sync()
+        return (time.perf_counter() - t0) / calls
+
+
+def interleaved_medians(timer: Timer, fns: Dict[str, Callable[[], Any]],
+                        repeats: int) -> Dict[str, float]:
+    """Median seconds per call of each function, the variants taking turns block by block."""
+    calls = {name: timer.calls_per_block(fn) for name, fn in fns.items()}
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timer.block(fn, calls[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_peak(device: torch.device, m: ModelConfig, tokens: int, timer: Timer,
+                dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of a plain matmul over this model's shapes and one large square."""
+    shapes = [(tokens, m.d_model, m.d_vocab), (tokens, m.d_model, 3 * m.n_heads * m.d_head),
+              (1024, 1024, 1024) if device.type == "cpu" else (8192, 8192, 8192)]
+    best = 0.0
+    for a, b, c in shapes:
+        x = torch.randn(a, b, device=device, dtype=dtype)
+        y = torch.randn(b, c, device=device, dtype=dtype)
+        seconds = interleaved_medians(timer, {"mm": lambda x=x, y=y: x @ y}, 3)["mm"]
+        best = max(best, 2 * a * b * c / seconds / 1e9)
+    return best
+
+
+def training_step(model: torch.nn.Module, cfg: RunConfig, batches: List[torch.Tensor],
+                  explicit: bool = False) -> Callable[[], None]:
+    """One optimizer step of `model` on the next pre-generated batch, as the training loop
+    takes it (next-token loss, AdamW, gradient clipping)."""
+    optimizer = make_optimizer(model, cfg)
+    state = {"i": 0}
+
+    def step() -> None:
+        tokens = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        logits = model(tokens, cache={}) if explicit else model(tokens)
+        loss = next_token_loss(logits, tokens)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+
+    return step
+
+
+def transformer_lens_model(m: ModelConfig, device: torch.device):
+    """HookedTransformer with the identical architecture, or None if it is not installed."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
+    cfg = HookedTransformerConfig(
+        n_layers=m.n_layers, d_model=m.d_model, d_head=m.d_head, n_heads=m.n_heads,
+        n_ctx=m.n_ctx, d_vocab=m.d_vocab, attn_only=True, normalization_type=None,
+        positional_embedding_type=m.positional, act_fn=None, initializer_range=m.init_range,
+        device=str(device), seed=0)
+    return HookedTransformer(cfg)
+
+
+def counted_flops_per_token(step: Callable[[], None], tokens: int) -> float:
+    """FLOPs of one training step by torch's FLOP counter, per token. Run it on the explicit
+    path: the counter does not see inside the CPU fused attention kernel, and on the explicit
+    path it counts the full (not causal) score matrix."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / tokens
+
+
+def bench_models(configs, device, threads, timer, repeats, peaks) -> List[Dict[str, Any]]:
+    results = []
+    for name, (fields, batch) in configs.items():
+        # attn_bias: TransformerLens always trains b_Q, b_K, b_V, b_O, so tinyinduct does here
+        cfg = run_config({**fields, "attn_bias": True}, batch, str(device))
+        data = RepeatedSegmentData(cfg.data, seed=0, device=device)
+        batches = [data.sample().tokens for _ in range(8)]
+        tokens = batch * cfg.data.seq_len
+        fns = {"tinyinduct": training_step(build_model(cfg, device), cfg, batches),
+               "tinyinduct_explicit": training_step(build_model(cfg, device), cfg, batches,
+                                                    explicit=True)}
+        tl = transformer_lens_model(cfg.model, device)
+        if tl is not None:
+            fns["transformer_lens"] = training_step(tl, cfg, batches)
+        counted = counted_flops_per_token(fns["tinyinduct_explicit"], tokens)
+        seconds = interleaved_medians(timer, fns, repeats)
+        flops = flops_per_token(cfg.model)
+        row = {"config": name, "threads": threads, "model": fields, "batch_size": batch,
+               "tokens_per_step": tokens, "flops_per_token": flops,
+               "flops_per_token_counted": counted, "variants": {}}
+        for variant, s in seconds.items():
+            gflops = flops * tokens / s / 1e9
+            row["variants"][variant] = {
+                "step_ms": 1e3 * s, "tokens_per_second": tokens / s, "gflops": gflops,
+                "fraction_of_matmul_peak": gflops / peaks["fp32"]}
+        if "transformer_lens" in seconds:
+            row["speedup_vs_transformer_lens"] = seconds["transformer_lens"] / seconds["tinyinduct"]
+        results.append(row)
+        print(f"[{threads} thr] {name}: " + ", ".join(
+            f"{v} {r['tokens_per_second']:,.0f} tok/s ({100 * r['fraction_of_matmul_peak']:.0f}%"
+            " of peak)" for v, r in row["variants"].items())
+            + (f"; {row['speedup_vs_transformer_lens']:.2f}x TransformerLens"
+               if "speedup_vs_transformer_lens" in row else ""), flush=True)
+    return results
+
+
+def bench_many_seeds(fields, batch, device, threads, timer, repeats, ks) -> List[Dict[str, Any]]:
+    """A stacked step of K models (data included) against one single-model step."""
+    cfg = run_config(fields, batch, str(device))
+    tokens = batch * cfg.data.seq_len
+
+    def single_step() -> Callable[[], None]:
+        model, data = build_model(cfg, device), RepeatedSegmentData(cfg.data, 0, device)
+        optimizer = make_optimizer(model, cfg)
+
+        def step() -> None:
+            t = data.sample().tokens
+            loss = next_token_loss(model(t), t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+        return step
+
+    def stacked_step(k: int) -> Callable[[], None]:
+        cfgs = [replace(cfg, seed=s) for s in range(k)]
+        model = StackedTransformer([build_model(c, device) for c in cfgs]).to(device)
+        streams = [RepeatedSegmentData(c.data, c.seed, device) for c in cfgs]
+        optimizer, params = make_optimizer(model, cfg), list(model.parameters())
+
+        def step() -> None:
+            t = torch.stack([s.sample().tokens for s in streams])
+            loss = per_model_loss(model, t).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_grad_norm_per_model_(params, cfg.optim.grad_clip)
+            optimizer.step()
+        return step
+
+    fns = {"single": single_step(), **{f"K={k}": stacked_step(k) for k in ks}}
+    seconds = interleaved_medians(timer, fns, repeats)
+    single_rate = tokens / seconds["single"]
+    rows = []
+    for k in ks:
+        aggregate = k * tokens / seconds[f"K={k}"]
+        rows.append({"threads": threads, "n_seeds": k, "batch_size": batch,
+                     "stacked_step_ms": 1e3 * seconds[f"K={k}"],
+                     "single_step_ms": 1e3 * seconds["single"],
+                     "aggregate_tokens_per_second": aggregate,
+                     "sequential_tokens_per_second": single_rate,
+                     "speedup_vs_sequential": aggregate / single_rate})
+        print(f"[{threads} thr] batch {batch}, {k} seeds at once: {aggregate:,.0f} tok/s in all, "
+              f"{aggregate / single_rate:.2f}x {k} sequential runs", flush=True)
+    return rows
+
+
+def time_to_induction(fields, batch, device, quick: bool) -> Dict[str, Any]:
+    """A real default run (logger off); seconds to the crossing = training seconds per step
+    (evaluation excluded) x the crossing step."""
+    cfg = run_config(fields, batch, str(device))
+    if quick:
+        cfg = replace(cfg, train=TrainConfig(steps=40, eval_every=20, checkpoint_every=40))
+    else:  # the default data too (copy lengths 16-31), not the bench's scaled ones
+        cfg = replace(cfg, data=replace(DataConfig(), batch_size=batch))
+    with tempfile.TemporaryDirectory() as run_dir:
+        s = train_run(cfg, run_dir, progress=False)
+    per_step = (s["train_seconds"] - s["eval_seconds"]) / s["steps"]
+    step = s["phase_change_step"]
+    return {
+        "threads": torch.get_num_threads(), "steps_run": s["steps"],
+        "induction_formed": s["induction_formed"], "phase_change_step": step,
+        "phase_change_tokens": s["phase_change_tokens"],
+        "phase_change_training_seconds": None if step is None else step * per_step,
+        "best_induction_score": s["best_induction_score"],
+        "wall_seconds": s["wall_seconds"], "train_seconds": s["train_seconds"],
+        "eval_seconds": s["eval_seconds"],
+        "eval_fraction_of_wall": s["eval_seconds"] / s["wall_seconds"],
+        "eval_fraction_of_loop": s["eval_fraction"],
+        "eval_every": cfg.train.eval_every, "tokens_per_second": s["tokens_per_second"],
+    }
+
+
+def machine() -> Dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        from importlib.metadata import version
+
+        info["transformer_lens"] = version("transformer-lens")
+    except Exception:  # not installed: the comparison is skipped
+        info["transformer_lens"] = None
+    return info
+
+
+def load_average() -> List[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON result")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--threads", default="1,2",
+                        help="CPU thread counts to measure, comma-separated (CPU only)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed blocks per variant")
+    parser.add_argument("--seeds", default="1,4,8,16", help="K values for many seeds at once")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
+    parser.add_argument("--parts", default="models,seeds,induction",
+                        help="what to measure, comma-separated: models (vs TransformerLens), "
+                             "seeds (many seeds at once), induction (a default run, ~1 min)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    try:
+        threads = [int(t) for t in args.threads.split(",")] if device.type == "cpu" else [
+            torch.get_num_threads()]
+        ks = [int(k) for k in args.seeds.split(",")]
+    except ValueError:
+        sys.exit(f"error: --threads and --seeds take comma-separated integers, got "
+                 f"{args.threads!r}, {args.seeds!r}")
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        sys.exit(f"error: --parts {args.parts!r}: allowed: {', '.join(PARTS)}")
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    repeats = 2 if args.quick else args.repeats
+    timer = Timer(device, block_s=0.05 if args.quick else 0.4)
+    default_fields, default_batch = next(iter(configs.values()))
+    if machine()["transformer_lens"] is None:
+        print("TransformerLens is not installed (pip install 'transformer-lens<4'): "
+              "comparing tinyinduct with itself only.", flush=True)
+
+    result: Dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "device": str(device), "machine": machine(), "quick": args.quick,
+        "load_average_before": load_average(), "flops_formula": FLOPS_FORMULA,
+        "matmul_peak_gflops": {}, "models": [], "many_seeds": [],
+    }
+
+    def save(final: bool = False) -> None:  # after every part: a run cut short keeps its results
+        result["complete"] = final
+        result["load_average_after"] = load_average()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    for n in threads:
+        torch.set_num_threads(n)
+        m = run_config(default_fields, default_batch, str(device)).model
+        peaks = {"fp32": matmul_peak(device, m, default_batch * m.n_ctx, timer)}
+        if device.type == "cuda":
+            peaks["bf16"] = matmul_peak(device, m, default_batch * m.n_ctx, timer, torch.bfloat16)
+        result["matmul_peak_gflops"][str(n)] = peaks
+        print(f"[{n} thr] matmul peak {peaks['fp32']:.1f} GFLOP/s (fp32)", flush=True)
+        if "models" in parts:
+            result["models"] += bench_models(configs, device, n, timer, repeats, peaks)
+            save()
+        # many seeds pay most where one model's batch is too small to fill the machine
+        for batch in ([default_batch] if args.quick else [default_batch, default_batch // 4]):
+            if "seeds" in parts:
+                result["many_seeds"] += bench_many_seeds(default_fields, batch, device, n,
+                                                         timer, repeats, ks)
+                save()
+    if "induction" in parts:
+        torch.set_num_threads(max(threads))
+        result["time_to_induction"] = time_to_induction(default_fields, default_batch, device,
+                                                        args.quick)
+        t = result["time_to_induction"]
+        print(f"[{t['threads']} thr] default run: phase change at step {t['phase_change_step']} "
+              f"({t['phase_change_training_seconds'] or float('nan'):.1f} s of training), "
+              f"evaluation {100 * t['eval_fraction_of_wall']:.1f}% of wall time", flush=True)
+    save(final=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

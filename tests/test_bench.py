@@ -1,0 +1,82 @@
+"""`scripts/bench.py --quick` runs and writes every field the README table quotes (no speeds are
+asserted: timings belong to the benchmark, not to tests)."""
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, child_env
+
+VARIANT_FIELDS = {"step_ms", "tokens_per_second", "gflops", "fraction_of_matmul_peak"}
+
+
+def test_quick_benchmark_writes_its_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--device", "cpu",
+           "--threads", "1", "--seeds", "1,2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=child_env(),
+                          cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    for key in ("date", "command", "device", "machine", "load_average_before", "flops_formula",
+                "load_average_after"):
+        assert key in result, key
+    assert result["quick"] is True and result["complete"] is True and result["device"] == "cpu"
+    assert result["matmul_peak_gflops"]["1"]["fp32"] > 0
+
+    (model,) = result["models"]
+    assert model["threads"] == 1 and model["tokens_per_step"] == 8 * 32
+    # the formula counts causal attention; torch's counter sees the full score matrix
+    assert 0 < model["flops_per_token"] <= model["flops_per_token_counted"]
+    variants = model["variants"]
+    assert {"tinyinduct", "tinyinduct_explicit"} <= set(variants)
+    for fields in variants.values():
+        assert VARIANT_FIELDS <= set(fields) and fields["tokens_per_second"] > 0
+    if result["machine"]["transformer_lens"]:
+        assert "transformer_lens" in variants and model["speedup_vs_transformer_lens"] > 0
+    else:
+        assert "TransformerLens is not installed" in proc.stdout
+
+    assert [r["n_seeds"] for r in result["many_seeds"]] == [1, 2]
+    for row in result["many_seeds"]:
+        assert row["aggregate_tokens_per_second"] > 0 and row["speedup_vs_sequential"] > 0
+        assert row["sequential_tokens_per_second"] > 0
+
+    t = result["time_to_induction"]
+    assert t["steps_run"] == 40 and 0 < t["eval_fraction_of_wall"] < 1
+    for key in ("phase_change_step", "phase_change_tokens", "phase_change_training_seconds",
+                "induction_formed", "eval_seconds", "wall_seconds", "tokens_per_second"):
+        assert key in t, key
+    assert math.isfinite(t["best_induction_score"])
+
+
+def test_bad_arguments_are_refused_clearly(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--parts", "everything",
+           "--out", str(tmp_path / "x.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=child_env(),
+                          cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0 and "--parts" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_readme_bench_commands_run_in_quick_mode(tmp_path):
+    """Every CPU benchmark command of the README runs as written (with --quick shapes)."""
+    from test_readme import shell_commands
+
+    commands = [c for c in shell_commands()
+                if c.startswith("python scripts/bench.py") and "cuda" not in c]
+    assert len(commands) >= 2
+    for i, command in enumerate(commands):
+        words = shlex.split(command)[2:]
+        out = tmp_path / f"{i}.json"
+        words[words.index("--out") + 1] = str(out)
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), *words, "--quick",
+               "--device", "cpu", "--seeds", "1,2"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=child_env(),
+                              cwd=ROOT, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, f"{command}\n{proc.stderr}"
+        assert json.loads(out.read_text())["complete"] is True, command
