@@ -94,6 +94,18 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=row["step"])
 
+    def media(self, step: int, images: Dict[str, Path], tables: Dict[str, tuple]) -> None:
+        """PNG files as `plots/<name>` W&B images and `(columns, rows)` as `tables/<name>`
+        W&B tables, logged at `step` (local copies stay in the run directory)."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        media: Dict[str, Any] = {f"plots/{k}": wandb.Image(str(v)) for k, v in images.items()}
+        media.update({f"tables/{k}": wandb.Table(columns=list(cols), data=[list(r) for r in rows])
+                      for k, (cols, rows) in tables.items()})
+        self.wandb_run.log({"step": step, **media}, step=step)
+
     def summary(self, summary: Dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         if self.wandb_run is not None:
