@@ -51,3 +51,11 @@ def test_plot_run_without_snapshots_or_phase_change(tmp_path):
     summary = {"threshold": 0.7}
     paths = plot_run(tmp_path, rows, summary)
     assert set(paths) == {"loss_curves", "head_scores", "composition"}
+
+
+def test_one_layer_run_draws_no_composition_or_patterns(tmp_path):
+    rows, _, patterns, tokens = synthetic_run(n_rows=3)
+    rows = [{k: v for k, v in r.items() if "L1" not in k and not k.startswith("comp/")}
+            | {"comp/baseline": 0.1} for r in rows]
+    paths = plot_run(tmp_path, rows, {"best_induction_head": None}, patterns, tokens)
+    assert set(paths) == {"loss_curves", "head_scores"}

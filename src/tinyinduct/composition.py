@@ -29,6 +29,7 @@ def ov_qk(attn) -> Tuple[torch.Tensor, torch.Tensor]:
     return attn.W_V @ attn.W_O, attn.W_Q @ attn.W_K.transpose(-1, -2)
 
 
+@torch.no_grad()
 def composition_scores(model) -> Dict[str, float]:
     """`comp/{Q,K,V}/L{a}H{i}->L{b}H{j}` for every head pair in layers `a < b`."""
     circuits = [ov_qk(block.attn) for block in model.blocks]
@@ -57,6 +58,7 @@ def composition_baseline(d_model: int, d_head: int, samples: int = 200, seed: in
     return composition_score(A, B).mean().item()
 
 
+@torch.no_grad()
 def copying_score(model, layer: int) -> torch.Tensor:  # [n_heads]
     """Eigenvalue positivity `sum(lambda) / sum(|lambda|)` of each head's full OV circuit
     `W_E @ W_OV @ W_U` (`[d_vocab, d_vocab]`): +1 for a head that copies the token it attends to,
@@ -75,7 +77,6 @@ def copying_scores(model) -> Dict[str, float]:
             for h, v in enumerate(copying_score(model, layer).tolist())}
 
 
-@torch.no_grad()
 def weight_scores(model) -> Dict[str, float]:
     """Every weight-based score of one evaluation, with the baseline as `comp/baseline`."""
     cfg = model.cfg

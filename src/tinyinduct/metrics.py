@@ -198,7 +198,8 @@ def attribution_row(attribution: Dict[str, Any]) -> Dict[str, Any]:
         if label != "run":
             row.update({f"mechanism/{label}/{k}": v for k, v in scores.items() if k != "verdict"})
     row["mechanism/verdict"] = attribution["run"]["verdict"]
-    row["mechanism/head"] = attribution["run"]["head"]
+    if attribution["run"]["head"] is not None:  # a one-layer model has no head to attribute
+        row["mechanism/head"] = attribution["run"]["head"]
     return row
 
 

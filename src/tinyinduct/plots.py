@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
+from .composition import composition_table
 from .metrics import best_induction_head
 
 Row = Dict[str, Any]
@@ -130,8 +131,6 @@ def _colors() -> List[str]:
 
 
 def plot_composition(row: Row, path: Path) -> Path:
-    from .composition import composition_table
-
     table = composition_table(row)
     writers = sorted({t[1] for t in table})
     readers = sorted({t[2] for t in table})
@@ -184,11 +183,9 @@ def snapshot_steps(rows: List[Row], summary: Row) -> List[int]:
 
 def plot_patterns(rows: List[Row], summary: Row, patterns: Sequence[torch.Tensor],
                   tokens: torch.Tensor, path: Path,
-                  heads: List[str] | None = None) -> Path:
-    """`patterns[i]` is `[layer, head, q, k]` at `rows[i]`; `tokens` the pictured sequence."""
-    heads = heads or [h for h in (summary.get("mechanism_head") or
-                                  summary.get("best_induction_head"),
-                                  summary.get("composes_with")) if h]
+                  heads: List[str]) -> Path:
+    """`patterns[i]` is `[layer, head, q, k]` at `rows[i]`; `tokens` the pictured sequence;
+    `heads` the labels to draw, one row each."""
     columns = snapshot_steps(rows, summary)
     fig = _figure(figsize=(3.4 * len(columns) + 0.8, 3.4 * len(heads) + 0.4),
                   layout="constrained")
@@ -226,9 +223,11 @@ def plot_run(run_dir: str | Path, rows: List[Row], summary: Row,
         "loss_curves": plot_losses(rows, summary, out / "loss_curves.png"),
         "head_scores": plot_head_scores(rows, summary, out / "head_scores.png"),
     }
-    if any(k.startswith("comp/") for k in rows[-1]):
+    if composition_table(rows[-1]):  # a one-layer model has no pair of heads
         paths["composition"] = plot_composition(rows[-1], out / "composition.png")
-    if len(patterns) == len(rows) and tokens is not None:
+    key_heads = [h for h in (summary.get("mechanism_head") or summary.get("best_induction_head"),
+                             summary.get("composes_with")) if h]
+    if len(patterns) == len(rows) and tokens is not None and key_heads:
         paths["attention_patterns"] = plot_patterns(rows, summary, patterns, tokens,
-                                                    out / "attention_patterns.png")
+                                                    out / "attention_patterns.png", key_heads)
     return paths
