@@ -113,3 +113,25 @@ def test_weights_are_a_full_state_dict_and_refuse_other_shapes():
     assert state["blocks.0.attn.W_Q"].shape == (1, cfg.d_model, cfg.d_head)
     with pytest.raises(ValueError, match="circuit_config"):
         k_composition_weights(ModelConfig(d_vocab=V, n_ctx=N))
+
+
+def test_attribution_in_a_deeper_model_changes_only_the_scored_layer():
+    """Layer 2's `k_removed` reads the direct path at layer 2 only; with layer 1 silenced
+    (W_O = 0) that is exactly the model's own blocking of every layer >= 1."""
+    torch.manual_seed(2)
+    model = AttnOnlyTransformer(ModelConfig(n_layers=3, d_vocab=V, n_ctx=N))
+    with torch.no_grad():
+        model.blocks[1].attn.W_O.zero_()
+    attribution = mechanism_attribution(model, PROBE.tokens)
+    assert set(attribution) == {f"L{layer}H{h}" for layer in (1, 2) for h in range(4)} | {"run"}
+    for blocked, key in ((["K"], "k_removed"), (["Q"], "q_removed")):
+        _, cache = model.run_with_cache(PROBE.tokens, blocked_composition=blocked)
+        expected = induction_score(cache["blocks.2.attn.hook_pattern"], PROBE.tokens,
+                                   induction_mask(PROBE.tokens))
+        got = torch.tensor([attribution[f"L2H{h}"][key] for h in range(4)])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # ...and layer 1's own removal does not leak into layer 2's full score
+    _, cache = model.run_with_cache(PROBE.tokens)
+    full = induction_score(cache["blocks.2.attn.hook_pattern"], PROBE.tokens,
+                           induction_mask(PROBE.tokens))
+    assert attribution["L2H0"]["full"] == pytest.approx(full[0].item())

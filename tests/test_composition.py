@@ -76,3 +76,11 @@ def test_weight_scores_row_and_table():
     assert sorted(t[0] for t in table) == ["K", "Q", "V"]
     assert ("K", "L0H0", "L1H0") in [t[:3] for t in table]
     assert all(t[4] == row["comp/baseline"] for t in table)
+
+
+def test_every_earlier_later_pair_in_a_deeper_model():
+    scores = composition_scores(AttnOnlyTransformer(ModelConfig(n_layers=3, n_heads=2)))
+    pairs = {k.split("/")[2] for k in scores}
+    assert len(scores) == 3 * len(pairs)
+    assert pairs == {f"L{a}H{i}->L{b}H{j}" for a, b in ((0, 1), (0, 2), (1, 2))
+                     for i in range(2) for j in range(2)}
