@@ -13,7 +13,9 @@ from tinyinduct.circuits import (
 )
 from tinyinduct.config import DataConfig, ModelConfig
 from tinyinduct.data import induction_mask, make_probe
+from tinyinduct.evaluate import partner_summary
 from tinyinduct.metrics import (
+    attribution_verdict,
     composition_partners,
     head_scores,
     induction_score,
@@ -66,6 +68,21 @@ def test_composition_partner_is_the_layer0_head():
     assert composition_partners(k_model, PROBE.tokens, "L1H0", ("K",))["L0H0"] < 0.1
     assert composition_partners(k_model, PROBE.tokens, "L1H0", ("Q",))["L0H0"] > 0.99
     assert composition_partners(q_model, PROBE.tokens, "L1H0", ("Q",))["L0H0"] < 0.1
+
+
+def test_run_summary_names_the_partner_head():
+    k = partner_summary(k_composition_model(V, N), PROBE,
+                        {"mechanism_head": "L1H0", "mechanism": "K"})
+    assert k["composes_with"] == "L0H0" and k["previous_token_head"] == "L0H0"
+    assert k["composes_with_prev_token_score"] > 0.99
+    assert k["composes_with_scores"]["L0H0"] < 0.1
+    q = partner_summary(q_composition_model(V, N), PROBE,
+                        {"mechanism_head": "L1H0", "mechanism": "Q"})
+    assert q["composes_with"] == "L0H0"
+    assert q["previous_token_head"] is None  # a duplicate-token head, not a previous-token one
+    none = partner_summary(k_composition_model(V, N), PROBE,
+                           {"mechanism_head": "L1H0", "mechanism": "none"})
+    assert set(none.values()) == {None}
 
 
 def test_attribution_matches_the_models_own_blocking():
@@ -135,3 +152,17 @@ def test_attribution_in_a_deeper_model_changes_only_the_scored_layer():
     full = induction_score(cache["blocks.2.attn.hook_pattern"], PROBE.tokens,
                            induction_mask(PROBE.tokens))
     assert attribution["L2H0"]["full"] == pytest.approx(full[0].item())
+
+
+@pytest.mark.parametrize("k_removed,q_removed,qk_removed,verdict", [
+    (0.05, 0.85, 0.05, "K"),  # keys need layer 0, queries do not
+    (0.85, 0.05, 0.05, "Q"),
+    (0.2, 0.2, 0.05, "mixed"),  # both sides needed
+    (0.8, 0.8, 0.05, "mixed"),  # either side suffices, removing both breaks it
+    (0.85, 0.85, 0.85, "none"),  # needs no earlier head at all (e.g. a positional head)
+])
+def test_attribution_verdict_rules(k_removed, q_removed, qk_removed, verdict):
+    scores = {"full": 0.9, "k_removed": k_removed, "q_removed": q_removed,
+              "qk_removed": qk_removed}
+    assert attribution_verdict(scores) == verdict
+    assert attribution_verdict({**scores, "full": 0.2}) == "none"  # not an induction head

@@ -35,11 +35,13 @@ def test_rows_hold_the_new_metrics(report_run):
 
 def test_summary_names_mechanism_partner_and_phase_change(report_run):
     summary = json.loads((report_run / "summary.json").read_text())
-    assert summary["mechanism"] in ("K", "Q", "mixed", "none")
+    # 60 steps of a tiny model form no head: nothing composes (a formed head: test_circuits.py
+    # and the slow default run)
+    assert summary["mechanism"] == "none" and not summary["induction_formed"]
     assert summary["mechanism_head"] in ("L1H0", "L1H1")
     assert set(summary["mechanism_scores"]) == {"full", "k_removed", "q_removed", "qk_removed"}
-    assert summary["composes_with"] in ("L0H0", "L0H1")
-    assert set(summary["composes_with_scores"]) == {"L0H0", "L0H1"}
+    assert summary["mechanism_scores"]["full"] < 0.3
+    assert summary["composes_with"] is None and summary["previous_token_head"] is None
     for key in ("phase_change_step", "phase_change_steepest_step",
                 "phase_change_steepest_tokens", "icl_score", "plot_seconds"):
         assert key in summary, key

@@ -69,22 +69,23 @@ def evaluate(model: AttnOnlyTransformer, probe: Batch, train_batch: Batch,
     return row
 
 
-PARTNER_INPUTS = {"K": ("K",), "Q": ("Q",)}  # mixed / none: remove from both
+PARTNER_INPUTS = {"K": ("K",), "Q": ("Q",), "mixed": ("Q", "K")}
 
 
 @torch.no_grad()
 def partner_summary(model: AttnOnlyTransformer, probe: Batch, summary: Dict) -> Dict:
     """Which earlier head the run's induction head composes with: the one whose output, removed
     from the head's input named by the mechanism (keys for K, queries for Q, both otherwise),
-    lowers its induction score most. `composes_with_scores` holds the score under each removal."""
-    head = summary.get("mechanism_head")
-    if head is None:
-        return {}
+    lowers its induction score most. `composes_with_scores` holds the score under each removal.
+    All None when the mechanism is `none`: there is no composition to name."""
+    head, mechanism = summary.get("mechanism_head"), summary.get("mechanism")
+    if head is None or mechanism not in PARTNER_INPUTS:
+        return dict.fromkeys(("composes_with", "composes_with_prev_token_score",
+                              "composes_with_scores", "previous_token_head"))
     model.eval()
-    inputs = PARTNER_INPUTS.get(summary.get("mechanism"), ("Q", "K"))
-    scores = composition_partners(model, probe.tokens, head, inputs)
-    partner = min(scores, key=scores.get)
     _, cache = model.run_with_cache(probe.tokens)
+    scores = composition_partners(model, probe.tokens, head, PARTNER_INPUTS[mechanism], cache)
+    partner = min(scores, key=scores.get)
     layer, h = (int(x) for x in partner[1:].split("H"))
     prev = prev_token_score(cache[f"blocks.{layer}.attn.hook_pattern"])[h].item()
     return {
