@@ -24,9 +24,11 @@ from .model import AttnOnlyTransformer
 PREV_TOKEN_HEAD = 0.3  # a partner head with at least this previous-token score is named one
 
 
-def copy_losses(logits: torch.Tensor, batch: Batch, section: str) -> Dict[str, float]:
-    """`{section}/loss`, `/loss_first_copy`, `/loss_second_copy`, `/loss_ratio` (second/first)."""
-    loss = per_position_loss(logits, batch.tokens)
+def copy_losses(logits: torch.Tensor, batch: Batch, section: str,
+                loss: torch.Tensor | None = None) -> Dict[str, float]:
+    """`{section}/loss`, `/loss_first_copy`, `/loss_second_copy`, `/loss_ratio` (second/first).
+    `loss`: the `per_position_loss` of these logits, if already computed."""
+    loss = per_position_loss(logits, batch.tokens) if loss is None else loss
     first = masked_mean(loss, batch.first_copy).item()
     second = masked_mean(loss, batch.second_copy).item()
     return {
@@ -62,8 +64,8 @@ def evaluate(model: AttnOnlyTransformer, probe: Batch, train_batch: Batch,
         patterns.append(torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][i]
                                      for layer in range(model.cfg.n_layers)]).cpu().half())
     train_logits = model(train_batch.tokens)
-    row.update(copy_losses(train_logits, train_batch, "train_dist"))
     loss = per_position_loss(train_logits, train_batch.tokens)
+    row.update(copy_losses(train_logits, train_batch, "train_dist", loss))
     row["icl/score"] = icl_score(loss, *icl_positions(train_batch.tokens.shape[1]))
     model.train(was_training)
     return row

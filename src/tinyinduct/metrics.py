@@ -31,10 +31,11 @@ def induction_score(
     pattern: torch.Tensor,  # [batch, head, q, k]
     tokens: torch.Tensor,  # [batch, pos]
     mask: torch.Tensor | None = None,  # [batch, pos] bool; default induction_mask(tokens)
+    sources: torch.Tensor | None = None,  # [batch, pos]; induction_sources(tokens), if at hand
 ) -> torch.Tensor:  # [head]
     """Mean attention from each scored position to the token after the previous occurrence of
     the current token. Scored: `mask` positions (default: those predictable by induction)."""
-    src = induction_sources(tokens)
+    src = induction_sources(tokens) if sources is None else sources
     mask = induction_mask(tokens) if mask is None else mask
     mask = mask & (src >= 0)
     index = src.clamp(min=0)[:, None, :, None].expand(-1, pattern.shape[1], -1, 1)
@@ -152,8 +153,8 @@ def _pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:  # [b, h, p, e] 
     """Causal softmax attention pattern, as the model computes it."""
     n = q.shape[-2]
     scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill_(future, float("-inf")).softmax(-1)
 
 
 def _cached_qk(cache: Dict[str, torch.Tensor], layer: int):
@@ -174,14 +175,14 @@ def mechanism_attribution(model, tokens: torch.Tensor, cache: Dict[str, torch.Te
     """
     if cache is None:
         _, cache = model.run_with_cache(tokens)
-    mask = induction_mask(tokens)
+    mask, src = induction_mask(tokens), induction_sources(tokens)
     out: Dict[str, Any] = {}
     for layer in range(1, model.cfg.n_layers):
         (q, k), (q_direct, k_direct) = _cached_qk(cache, layer), _qk(model, cache, layer)
         patterns = {"full": cache[f"blocks.{layer}.attn.hook_pattern"],
                     "k_removed": _pattern(q, k_direct), "q_removed": _pattern(q_direct, k),
                     "qk_removed": _pattern(q_direct, k_direct)}
-        scores = {name: induction_score(p, tokens, mask) for name, p in patterns.items()}
+        scores = {name: induction_score(p, tokens, mask, src) for name, p in patterns.items()}
         for h in range(model.cfg.n_heads):
             head = {k: v[h].item() for k, v in scores.items()}
             head["verdict"] = attribution_verdict(head, min_score)
@@ -212,14 +213,14 @@ def composition_partners(model, tokens: torch.Tensor, head: str, inputs: tuple =
     if cache is None:
         _, cache = model.run_with_cache(tokens)
     layer, h = (int(x) for x in head[1:].split("H"))
-    mask = induction_mask(tokens)
+    mask, src = induction_mask(tokens), induction_sources(tokens)
     q, k = (x[:, h:h + 1] for x in _cached_qk(cache, layer))
     out = {}
-    for src in range(layer):
-        z = cache[f"blocks.{src}.attn.hook_z"]  # [batch, pos, head, d_head]
-        per_head = torch.einsum("bphe,hed->bphd", z, model.blocks[src].attn.W_O)
+    for writer in range(layer):
+        z = cache[f"blocks.{writer}.attn.hook_z"]  # [batch, pos, head, d_head]
+        per_head = torch.einsum("bphe,hed->bphd", z, model.blocks[writer].attn.W_O)
         for a in range(model.cfg.n_heads):
             q_less, k_less = (x[:, h:h + 1] for x in _qk(model, cache, layer, per_head[:, :, a]))
             pattern = _pattern(q_less if "Q" in inputs else q, k_less if "K" in inputs else k)
-            out[head_label(src, a)] = induction_score(pattern, tokens, mask).item()
+            out[head_label(writer, a)] = induction_score(pattern, tokens, mask, src).item()
     return out
