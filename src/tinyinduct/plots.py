@@ -172,12 +172,14 @@ def plot_composition(row: Row, path: Path) -> Path:
 
 def snapshot_steps(rows: List[Row], summary: Row) -> List[int]:
     """Indices into `rows` of the pattern pictures: halfway to the phase change, at it (the
-    steepest second-copy fall, else the threshold crossing), and the end of the run."""
+    evaluation nearest the steepest second-copy fall, else the threshold crossing), and the end
+    of the run."""
     steps = [r["step"] for r in rows]
     at = summary.get("phase_change_steepest_step") or summary.get("phase_change_step")
     if at is None:
         at = steps[len(steps) // 2]
-    nearest = lambda s: min(range(len(steps)), key=lambda i: abs(steps[i] - s))  # noqa: E731
+    # ties go to the later evaluation: the one after the steepest fall shows the head forming
+    nearest = lambda s: min(range(len(steps)), key=lambda i: (abs(steps[i] - s), -i))  # noqa: E731
     return sorted({nearest(at / 2), nearest(at), len(steps) - 1})
 
 
