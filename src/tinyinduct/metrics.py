@@ -1,4 +1,6 @@
-"""Pure metric functions over attention patterns, logits and tokens (no training code).
+"""Metric functions over attention patterns, logits and tokens (no training code), and the
+causal K/Q mechanism attribution, which recomputes one layer's pattern from a model's cache.
+Weight-only scores (composition, copying) live in `composition.py`, phase change in `phase.py`.
 
 Conventions: `pattern` is `[batch, head, query_pos, key_pos]` (TransformerLens `hook_pattern`);
 position `i` of `logits` predicts token `i + 1`. Head scores are plain means of attention weight
