@@ -19,3 +19,9 @@ def test_default_run_forms_an_induction_head(tmp_path, positional):
     assert summary["loss_ratio"] < 0.2
     assert summary["phase_change_step"] is not None
     assert "An induction head formed" in proc.stdout
+    # how and when: the head's keys need layer 0 (shortformer cannot Q-compose at all)
+    assert summary["mechanism"] in ("K", "mixed"), summary["mechanism_scores"]
+    assert summary["mechanism_scores"]["k_removed"] < 0.5 * summary["mechanism_scores"]["full"]
+    assert summary["composes_with"].startswith("L0")
+    assert summary["phase_change_steepest_step"] is not None
+    assert (run_dir / "plots" / "loss_curves.png").exists()

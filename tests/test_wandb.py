@@ -14,7 +14,7 @@ from wandb_records import find_run_file, read_run
 
 from tinyinduct import config as schema
 from tinyinduct.config import RunConfig, run_config_from_dict, to_dict
-from tinyinduct.tracking import MIN_SUMMARY_METRICS, head_score_rows, run_name
+from tinyinduct.tracking import MIN_SUMMARY_METRICS, run_name
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +79,16 @@ def test_every_metric_is_plotted_against_step(blocked_run):
 
 def test_head_score_table_is_logged_with_the_final_scores(blocked_run):
     run_dir, _, rows, record = blocked_run
-    files = glob.glob(str(run_dir / "wandb/offline-run-*/files/media/table/heads/scores_*.json"))
+    files = glob.glob(str(run_dir / "wandb/offline-run-*/files/media/table/tables/"
+                               "head_scores_*.json"))
     assert len(files) == 1, files
     table = json.loads(open(files[0]).read())
-    assert table["columns"] == ["head", "layer", "induction", "prev_token", "duplicate"]
+    assert table["columns"][:4] == ["head", "induction", "prev_token", "duplicate"]
     assert [r[0] for r in table["data"]] == ["L0H0", "L0H1", "L1H0", "L1H1"]
-    for logged, expected in zip(table["data"], head_score_rows(rows[-1])):
-        assert logged[:2] == expected[:2] and logged[2:] == pytest.approx(expected[2:])
-    assert table["data"][3][2] == pytest.approx(rows[-1]["heads/induction/L1H1"])
-    assert record["summary"]["heads/scores/nrows"] == 4
+    for logged in table["data"]:
+        for column, kind in enumerate(("induction", "prev_token", "duplicate"), start=1):
+            assert logged[column] == pytest.approx(rows[-1][f"heads/{kind}/{logged[0]}"])
+    assert record["summary"]["tables/head_scores/nrows"] == 4
 
 
 def test_run_name_says_the_condition(blocked_run):

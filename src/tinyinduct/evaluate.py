@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 import torch
 
+from .composition import composition_table, weight_scores
 from .data import Batch
-from .metrics import head_scores, masked_mean, per_position_loss
+from .metrics import (
+    attribution_row,
+    composition_partners,
+    head_scores,
+    icl_positions,
+    icl_score,
+    masked_mean,
+    mechanism_attribution,
+    per_position_loss,
+    prev_token_score,
+)
 from .model import AttnOnlyTransformer
 
+PREV_TOKEN_HEAD = 0.3  # a partner head with at least this previous-token score is named one
 
-def copy_losses(logits: torch.Tensor, batch: Batch, section: str) -> Dict[str, float]:
-    """`{section}/loss`, `/loss_first_copy`, `/loss_second_copy`, `/loss_ratio` (second/first)."""
-    loss = per_position_loss(logits, batch.tokens)
+
+def copy_losses(logits: torch.Tensor, batch: Batch, section: str,
+                loss: torch.Tensor | None = None) -> Dict[str, float]:
+    """`{section}/loss`, `/loss_first_copy`, `/loss_second_copy`, `/loss_ratio` (second/first).
+    `loss`: the `per_position_loss` of these logits, if already computed."""
+    loss = per_position_loss(logits, batch.tokens) if loss is None else loss
     first = masked_mean(loss, batch.first_copy).item()
     second = masked_mean(loss, batch.second_copy).item()
     return {
@@ -24,15 +39,74 @@ def copy_losses(logits: torch.Tensor, batch: Batch, section: str) -> Dict[str, f
     }
 
 
+def picture_index(probe: Batch) -> int:
+    """The probe sequence whose attention patterns are kept for pictures: the longest copy."""
+    return int(probe.second_copy.sum(1).argmax())
+
+
 @torch.no_grad()
-def evaluate(model: AttnOnlyTransformer, probe: Batch, train_batch: Batch) -> Dict[str, float]:
+def evaluate(model: AttnOnlyTransformer, probe: Batch, train_batch: Batch,
+             patterns: List[torch.Tensor] | None = None) -> Dict[str, float]:
     """Losses by copy on the probe (`eval/`) and on a fixed training-distribution batch
-    (`train_dist/`), and every head's scores on the probe (`heads/`)."""
+    (`train_dist/`, with the in-context learning score `icl/score`), every head's scores on the
+    probe (`heads/`), K/Q mechanism attribution (`mechanism/`), composition and copying scores of
+    the weights (`comp/`, `heads/copying/`). A list passed as `patterns` receives the attention
+    patterns `[layer, head, q, k]` of the picture sequence of the probe."""
     was_training = model.training
     model.eval()
     logits, cache = model.run_with_cache(probe.tokens)
     row = copy_losses(logits, probe, "eval")
     row.update(head_scores(cache, probe.tokens, probe.second_copy))
-    row.update(copy_losses(model(train_batch.tokens), train_batch, "train_dist"))
+    row.update(attribution_row(mechanism_attribution(model, probe.tokens, cache)))
+    row.update(weight_scores(model))
+    if patterns is not None:
+        i = picture_index(probe)
+        patterns.append(torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][i]
+                                     for layer in range(model.cfg.n_layers)]).cpu().half())
+    train_logits = model(train_batch.tokens)
+    loss = per_position_loss(train_logits, train_batch.tokens)
+    row.update(copy_losses(train_logits, train_batch, "train_dist", loss))
+    row["icl/score"] = icl_score(loss, *icl_positions(train_batch.tokens.shape[1]))
     model.train(was_training)
     return row
+
+
+PARTNER_INPUTS = {"K": ("K",), "Q": ("Q",), "mixed": ("Q", "K")}
+
+
+@torch.no_grad()
+def partner_summary(model: AttnOnlyTransformer, probe: Batch, summary: Dict) -> Dict:
+    """Which earlier head the run's induction head composes with: the one whose output, removed
+    from the head's input named by the mechanism (keys for K, queries for Q, both otherwise),
+    lowers its induction score most. `composes_with_scores` holds the score under each removal.
+    All None when the mechanism is `none`: there is no composition to name."""
+    head, mechanism = summary.get("mechanism_head"), summary.get("mechanism")
+    if head is None or mechanism not in PARTNER_INPUTS:
+        return dict.fromkeys(("composes_with", "composes_with_prev_token_score",
+                              "composes_with_scores", "previous_token_head"))
+    model.eval()
+    _, cache = model.run_with_cache(probe.tokens)
+    scores = composition_partners(model, probe.tokens, head, PARTNER_INPUTS[mechanism], cache)
+    partner = min(scores, key=scores.get)
+    layer, h = (int(x) for x in partner[1:].split("H"))
+    prev = prev_token_score(cache[f"blocks.{layer}.attn.hook_pattern"])[h].item()
+    return {
+        "composes_with": partner,
+        "composes_with_prev_token_score": prev,
+        "composes_with_scores": scores,
+        "previous_token_head": partner if prev >= PREV_TOKEN_HEAD else None,
+    }
+
+
+def score_tables(row: Dict) -> Dict[str, tuple]:
+    """`{name: (columns, rows)}` of a metrics row: per-head scores and composition scores."""
+    kinds = ("induction", "prev_token", "duplicate", "copying")
+    labels = sorted({k.split("/")[-1] for k in row if k.startswith("heads/induction/")})
+    heads = [[label] + [row.get(f"heads/{kind}/{label}") for kind in kinds]
+             + [row.get(f"mechanism/{label}/{x}") for x in ("k_removed", "q_removed")]
+             for label in labels]
+    return {
+        "head_scores": (["head", *kinds, "k_removed", "q_removed"], heads),
+        "composition": (["kind", "writer", "reader", "score", "baseline"],
+                        [list(r) for r in composition_table(row)]),
+    }

@@ -1,4 +1,6 @@
-"""Pure metric functions over attention patterns, logits and tokens (no training code).
+"""Metric functions over attention patterns, logits and tokens (no training code), and the
+causal K/Q mechanism attribution, which recomputes one layer's pattern from a model's cache.
+Weight-only scores (composition, copying) live in `composition.py`, phase change in `phase.py`.
 
 Conventions: `pattern` is `[batch, head, query_pos, key_pos]` (TransformerLens `hook_pattern`);
 position `i` of `logits` predicts token `i + 1`. Head scores are plain means of attention weight
@@ -7,12 +9,15 @@ position `i` of `logits` predicts token `i + 1`. Head scores are plain means of 
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import TYPE_CHECKING, Any, Dict
 
 import torch
 import torch.nn.functional as F
 
 from .data import induction_mask, induction_sources
+
+if TYPE_CHECKING:
+    from .model import AttnOnlyTransformer
 
 
 def per_position_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -31,10 +36,11 @@ def induction_score(
     pattern: torch.Tensor,  # [batch, head, q, k]
     tokens: torch.Tensor,  # [batch, pos]
     mask: torch.Tensor | None = None,  # [batch, pos] bool; default induction_mask(tokens)
+    sources: torch.Tensor | None = None,  # [batch, pos]; induction_sources(tokens), if at hand
 ) -> torch.Tensor:  # [head]
     """Mean attention from each scored position to the token after the previous occurrence of
     the current token. Scored: `mask` positions (default: those predictable by induction)."""
-    src = induction_sources(tokens)
+    src = induction_sources(tokens) if sources is None else sources
     mask = induction_mask(tokens) if mask is None else mask
     mask = mask & (src >= 0)
     index = src.clamp(min=0)[:, None, :, None].expand(-1, pattern.shape[1], -1, 1)
@@ -91,3 +97,137 @@ def best_induction_head(scores: Dict[str, float], min_layer: int = 1) -> tuple:
         return None, float("nan")
     label = max(candidates, key=candidates.get)
     return label, candidates[label]
+
+
+def icl_positions(n_ctx: int) -> tuple:
+    """(early, late) token indices of the in-context learning score: Olsson et al.'s tokens 50
+    and 500 of 512, scaled to `n_ctx` (6 and 62 for 64)."""
+    return max(1, round(50 * n_ctx / 512)), min(n_ctx - 1, round(500 * n_ctx / 512))
+
+
+def icl_score(loss: torch.Tensor, early: int, late: int) -> float:
+    """Mean loss on token `late` minus mean loss on token `early` over the batch (`loss` is
+    `per_position_loss`, whose column `t - 1` is the loss of token `t`). Negative: later tokens
+    are predicted better, i.e. the model uses its context."""
+    return (loss[:, late - 1].mean() - loss[:, early - 1].mean()).item()
+
+
+# --- Mechanism attribution: which input (K or Q) of an induction head needs earlier heads ---
+
+KEEP_FRACTION = 0.5  # a removal "breaks" a head when less than this share of its score survives
+MIN_INDUCTION = 0.3  # below this full score a head is not an induction head: verdict "none"
+
+
+def attribution_verdict(scores: Dict[str, float], min_score: float = MIN_INDUCTION) -> str:
+    """`K` if removing the key-side composition breaks the head and the query-side one does not,
+    `Q` for the reverse, `mixed` if it needs both (or either one suffices but removing both
+    breaks it), `none` if it is no induction head or needs no composition at all."""
+    full = scores["full"]
+    if not full >= min_score:
+        return "none"
+    k_ok, q_ok, kq_ok = (scores[k] >= KEEP_FRACTION * full
+                         for k in ("k_removed", "q_removed", "qk_removed"))
+    if not k_ok and q_ok:
+        return "K"
+    if k_ok and not q_ok:
+        return "Q"
+    if not k_ok and not q_ok or not kq_ok:
+        return "mixed"
+    return "none"
+
+
+def _qk(model, cache: Dict[str, torch.Tensor], layer: int, minus: torch.Tensor | None = None):
+    """Queries and keys `[batch, head, pos, d_head]` of layer `layer` computed from its inputs
+    with every earlier head removed (the direct path: token embedding, plus position where the
+    model puts it in the residual stream), or, given `minus` (`[batch, pos, d_model]`), from the
+    residual stream less `minus`. Earlier layers run as cached."""
+    block = model.blocks[layer]
+    resid, pos = cache[f"blocks.{layer}.hook_resid_pre"], cache["hook_pos_embed"]
+    shortformer = model.cfg.positional == "shortformer"
+    if minus is None:
+        direct = cache["hook_embed"] if shortformer else cache["hook_embed"] + pos
+    else:
+        direct = resid - minus
+    q_in, k_in, _ = model._attn_inputs(block, resid, direct, pos, shortformer, {"Q", "K"})
+    attn = block.attn
+    return (torch.einsum("bpd,hde->bhpe", q_in, attn.W_Q) + attn.b_Q[:, None],
+            torch.einsum("bpd,hde->bhpe", k_in, attn.W_K) + attn.b_K[:, None])
+
+
+def _pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:  # [b, h, p, e] x2 -> [b, h, q, k]
+    """Causal softmax attention pattern, as the model computes it."""
+    n = q.shape[-2]
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill_(future, float("-inf")).softmax(-1)
+
+
+def _cached_qk(cache: Dict[str, torch.Tensor], layer: int):
+    """The layer's actual queries and keys from the cache, as `[batch, head, pos, d_head]`."""
+    return tuple(cache[f"blocks.{layer}.attn.hook_{x}"].transpose(1, 2) for x in "qk")
+
+
+@torch.no_grad()
+def mechanism_attribution(model: AttnOnlyTransformer, tokens: torch.Tensor,
+                          cache: Dict[str, torch.Tensor] | None = None,
+                          min_score: float = MIN_INDUCTION) -> Dict[str, Any]:
+    """For each head of layer >= 1: its induction score on `tokens` as is (`full`), with every
+    earlier head's output removed from its key input only (`k_removed`), from its query input
+    only (`q_removed`), from both (`qk_removed`), and a `verdict` among K, Q, mixed, none.
+
+    Targets come from the tokens (`induction_mask`). Only the scored head's own layer is changed;
+    earlier layers run as usual. `out["run"]` holds the run's verdict: that of the best head.
+    Pass the `cache` of `model.run_with_cache(tokens)` to skip the forward pass.
+    """
+    if cache is None:
+        _, cache = model.run_with_cache(tokens)
+    mask, src = induction_mask(tokens), induction_sources(tokens)
+    out: Dict[str, Any] = {}
+    for layer in range(1, model.cfg.n_layers):
+        (q, k), (q_direct, k_direct) = _cached_qk(cache, layer), _qk(model, cache, layer)
+        patterns = {"full": cache[f"blocks.{layer}.attn.hook_pattern"],
+                    "k_removed": _pattern(q, k_direct), "q_removed": _pattern(q_direct, k),
+                    "qk_removed": _pattern(q_direct, k_direct)}
+        scores = {name: induction_score(p, tokens, mask, src) for name, p in patterns.items()}
+        for h in range(model.cfg.n_heads):
+            head = {k: v[h].item() for k, v in scores.items()}
+            head["verdict"] = attribution_verdict(head, min_score)
+            out[head_label(layer, h)] = head
+    best = max(out, key=lambda k: out[k]["full"]) if out else None
+    out["run"] = {"head": best, "verdict": out[best]["verdict"] if best else "none"}
+    return out
+
+
+def attribution_row(attribution: Dict[str, Any]) -> Dict[str, Any]:
+    """`mechanism/L1H0/k_removed`, ... and `mechanism/verdict` for a metrics row."""
+    row: Dict[str, Any] = {}
+    for label, scores in attribution.items():
+        if label != "run":
+            row.update({f"mechanism/{label}/{k}": v for k, v in scores.items() if k != "verdict"})
+    row["mechanism/verdict"] = attribution["run"]["verdict"]
+    if attribution["run"]["head"] is not None:  # a one-layer model has no head to attribute
+        row["mechanism/head"] = attribution["run"]["head"]
+    return row
+
+
+@torch.no_grad()
+def composition_partners(model: AttnOnlyTransformer, tokens: torch.Tensor, head: str,
+                         inputs: tuple = ("K",),
+                         cache: Dict[str, torch.Tensor] | None = None) -> Dict[str, float]:
+    """Induction score of `head` (e.g. "L1H2") when one earlier head's output is removed from
+    its `inputs` (among Q, K), for each earlier head: the head whose removal hurts most is the one
+    it composes with."""
+    if cache is None:
+        _, cache = model.run_with_cache(tokens)
+    layer, h = (int(x) for x in head[1:].split("H"))
+    mask, src = induction_mask(tokens), induction_sources(tokens)
+    q, k = (x[:, h:h + 1] for x in _cached_qk(cache, layer))
+    out = {}
+    for writer in range(layer):
+        z = cache[f"blocks.{writer}.attn.hook_z"]  # [batch, pos, head, d_head]
+        per_head = torch.einsum("bphe,hed->bphd", z, model.blocks[writer].attn.W_O)
+        for a in range(model.cfg.n_heads):
+            q_less, k_less = (x[:, h:h + 1] for x in _qk(model, cache, layer, per_head[:, :, a]))
+            pattern = _pattern(q_less if "Q" in inputs else q, k_less if "K" in inputs else k)
+            out[head_label(writer, a)] = induction_score(pattern, tokens, mask, src).item()
+    return out

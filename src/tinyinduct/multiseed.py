@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, to_dict, validate_run_config
 from .data import RepeatedSegmentData
-from .evaluate import evaluate
+from .evaluate import evaluate, partner_summary
 from .fused_loss import unembed_cross_entropy
 from .metrics import best_induction_head
 from .model import AttnOnlyTransformer, fused_attention, layer_norm
+from .phase import phase_change_row
 from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state, save_checkpoint
 from .tracking import SUMMARY_FILE, Tracker, write_json_atomic
 from .train import (
@@ -42,6 +43,7 @@ from .train import (
     next_token_targets,
     resolve_device,
     summarize,
+    write_pictures,
 )
 
 
@@ -175,6 +177,7 @@ def train_seeds(cfg: RunConfig, run_dir: str | Path,
     params = list(stacked.parameters())
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
+    patterns: List[List[torch.Tensor]] = [[] for _ in range(n)]  # per seed, for the pictures
     errors: List[str | None] = [None] * n
     eval_seconds = 0.0
     show = cfg.logger.progress if progress is None else progress
@@ -199,7 +202,9 @@ def train_seeds(cfg: RunConfig, run_dir: str | Path,
             for k in live():
                 row = {"step": step, "tokens": step * tokens_per_step,
                        "train/loss": train_losses[k], "train/lr": scheduler.get_last_lr()[0]}
-                row.update(evaluate(stacked.copy_to(k, models[k]), probe, train_batch))
+                row.update(evaluate(stacked.copy_to(k, models[k]), probe, train_batch,
+                                    patterns[k]))
+                row.update(phase_change_row(rows[k] + [row], cfg.train.induction_threshold))
                 trackers[k].log(row)
                 rows[k].append(row)
             eval_seconds += time.perf_counter() - t0
@@ -246,6 +251,7 @@ def train_seeds(cfg: RunConfig, run_dir: str | Path,
         summaries = {}
         for k, (c, tracker) in enumerate(zip(cfgs, trackers)):
             summary = summarize(rows[k], c)
+            summary.update(partner_summary(stacked.copy_to(k, models[k]), probe, summary))
             summary.update({
                 "status": "failed" if errors[k] else "finished",
                 "error": errors[k],
@@ -258,6 +264,8 @@ def train_seeds(cfg: RunConfig, run_dir: str | Path,
                 "n_seeds_at_once": n,
                 "wandb_dir": tracker.wandb_dir,
             })
+            summary["plot_seconds"] = write_pictures(seed_dir(run_dir, c.seed), rows[k], summary,
+                                                     patterns[k], probe, tracker)
             tracker.summary(summary)
             summaries[c.seed] = summary
     first = summaries[cfg.seed]

@@ -58,7 +58,6 @@ def run_name(cfg: RunConfig) -> str:
 
 # W&B summaries beyond the last value: the best each of these reached during the run.
 MIN_SUMMARY_METRICS = ("train/loss", "eval/loss_second_copy", "eval/loss_ratio")
-HEAD_SCORE_TABLE = "heads/scores"
 
 
 def define_wandb_metrics(run: Any, cfg: RunConfig) -> None:
@@ -74,14 +73,6 @@ def define_wandb_metrics(run: Any, cfg: RunConfig) -> None:
             run.define_metric(f"heads/induction/L{layer}H{head}", step_metric="step",
                               summary="max,last")
 
-
-def head_score_rows(row: Dict[str, Any]) -> List[List[Any]]:
-    """`[head, layer, induction, prev_token, duplicate]` per head from a metrics row."""
-    kinds = ("induction", "prev_token", "duplicate")
-    labels = sorted({k.split("/")[2] for k in row if k.startswith("heads/induction/")},
-                    key=lambda label: tuple(int(x) for x in label[1:].split("H")))
-    return [[label, int(label[1:].split("H")[0])]
-            + [row.get(f"heads/{kind}/{label}") for kind in kinds] for label in labels]
 
 
 class Tracker:
@@ -153,18 +144,21 @@ class Tracker:
             except Exception as err:
                 self._wandb_failed(err)
 
+    def media(self, step: int, images: Dict[str, Path], tables: Dict[str, tuple]) -> None:
+        """PNG files as `plots/<name>` W&B images and `(columns, rows)` as `tables/<name>`
+        W&B tables, logged at `step` (local copies stay in the run directory)."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        media: Dict[str, Any] = {f"plots/{k}": wandb.Image(str(v)) for k, v in images.items()}
+        media.update({f"tables/{k}": wandb.Table(columns=list(cols), data=[list(r) for r in rows])
+                      for k, (cols, rows) in tables.items()})
+        self.wandb_run.log({"step": step, **media}, step=step)
+
     def summary(self, summary: Dict[str, Any]) -> None:
         self._summarized = True
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
-        if self.wandb_run is not None and self._last_row is not None:
-            try:
-                import wandb
-
-                table = wandb.Table(data=head_score_rows(self._last_row), columns=[
-                    "head", "layer", "induction", "prev_token", "duplicate"])
-                self.wandb_run.log({HEAD_SCORE_TABLE: table}, step=self._last_row["step"])
-            except Exception as err:  # the local files are complete whatever W&B does
-                print(f"W&B table not logged ({type(err).__name__}: {err})", file=sys.stderr)
         if self.wandb_run is not None:
             try:
                 for key, value in summary.items():

@@ -4,6 +4,7 @@ fixed batches, metrics.jsonl + W&B, checkpoints. No Hydra here: it takes a `RunC
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -13,13 +14,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, validate_run_config
-from .data import RepeatedSegmentData, make_probe
-from .evaluate import evaluate
+from .data import Batch, RepeatedSegmentData, make_probe
+from .evaluate import evaluate, partner_summary, picture_index, score_tables
 from .fused_loss import IGNORE
 from .guard import NonFiniteGuard
 from .interrupt import StopSignals
 from .metrics import best_induction_head
 from .model import AttnOnlyTransformer
+from .phase import phase_change_row, phase_change_summary
 from .resume import cut_metrics, load_resume_point, training_state
 from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
 from .tracking import Tracker
@@ -108,14 +110,18 @@ def summarize(rows: List[Dict[str, Any]], cfg: RunConfig) -> Dict[str, Any]:
     ratio = last.get("eval/loss_ratio", float("nan"))
     t = cfg.train
     formed = bool(score >= t.induction_threshold and ratio < t.loss_ratio_threshold)
-    crossing = next((r for r in rows if best_induction_head(r)[1] >= t.induction_threshold), None)
+    mech_head = last.get("mechanism/head")
     return {
         "induction_formed": formed,
         "best_induction_head": head,
         "best_induction_score": score,
         "loss_ratio": ratio,
-        "phase_change_step": crossing["step"] if crossing else None,
-        "phase_change_tokens": crossing["tokens"] if crossing else None,
+        **phase_change_summary(rows, t.induction_threshold),
+        "mechanism": last.get("mechanism/verdict"),
+        "mechanism_head": mech_head,
+        "mechanism_scores": {k.split("/")[-1]: v for k, v in last.items()
+                             if k.startswith(f"mechanism/{mech_head}/")},
+        "icl_score": last.get("icl/score"),
         "final_train_loss": last.get("train/loss"),
         "final_loss_second_copy": last.get("eval/loss_second_copy"),
         "final_loss_first_copy": last.get("eval/loss_first_copy"),
@@ -138,13 +144,45 @@ def format_summary(summary: Dict[str, Any], run_dir: Path) -> str:
     when = (f"the best layer-1 induction score crossed {s['threshold']} at step "
             f"{s['phase_change_step']} ({s['phase_change_tokens']:,} tokens)"
             if s["phase_change_step"] is not None else "no head crossed the threshold")
+    if s.get("phase_change_steepest_step") is not None:
+        when += (f"; the second-copy loss fell fastest around step "
+                 f"{s['phase_change_steepest_step']}")
     verdict = "An induction head formed" if s["induction_formed"] else "No induction head formed"
     return (f"{verdict}: {s['best_induction_head']} scores {s['best_induction_score']:.2f} on the "
             f"probe, second-copy loss {s['final_loss_second_copy']:.2f} vs first-copy "
             f"{s['final_loss_first_copy']:.2f} nats (ratio {s['loss_ratio']:.2f}); {when}. "
+            f"{format_mechanism(s)}"
             f"{s['steps']} steps in {s['wall_seconds']:.1f} s "
             f"({s['tokens_per_second']:,.0f} training tokens/s, evaluation "
             f"{100 * s['eval_fraction']:.0f}% of the time). Run dir: {run_dir}")
+
+
+def format_mechanism(s: Dict[str, Any]) -> str:
+    """One sentence: the mechanism verdict with its attribution numbers, and the partner head."""
+    scores = s.get("mechanism_scores") or {}
+    if not s.get("mechanism") or "full" not in scores:
+        return ""
+    partner = (f", composing with {s['composes_with']} (previous-token score "
+               f"{s['composes_with_prev_token_score']:.2f})" if s.get("composes_with") else "")
+    return (f"Mechanism: {s['mechanism']} ({s['mechanism_head']} induction score "
+            f"{scores['full']:.2f}; {scores['k_removed']:.2f} with earlier heads removed from its "
+            f"keys, {scores['q_removed']:.2f} from its queries){partner}. ")
+
+
+def write_pictures(run_dir: Path, rows: List[Dict[str, Any]], summary: Dict[str, Any],
+                   patterns: List[torch.Tensor], probe: Batch, tracker: Tracker) -> float:
+    """Draw the run's pictures into plots/ and send them, with the score tables, to W&B.
+    Returns the seconds spent; a plotting failure is reported, never fatal to the run."""
+    t0 = time.perf_counter()
+    try:
+        from .plots import plot_run
+
+        tokens = probe.tokens[picture_index(probe)].cpu()
+        paths = plot_run(run_dir, rows, summary, patterns, tokens)
+        tracker.media(rows[-1]["step"], paths, score_tables(rows[-1]))
+    except Exception as err:  # the run's numbers are on disk already; pictures are extra
+        print(f"could not draw the pictures: {type(err).__name__}: {err}", file=sys.stderr)
+    return time.perf_counter() - t0
 
 
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> Dict[str, Any]:
@@ -171,6 +209,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     rows: List[Dict[str, Any]] = []
     eval_seconds = 0.0
+    patterns: List[torch.Tensor] = []  # [layer, head, q, k] of one probe sequence per evaluation
     error = None
     show = cfg.logger.progress if progress is None else progress
     guard = NonFiniteGuard(device)
@@ -189,7 +228,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
             t0 = time.perf_counter()
             row = {"step": step, "tokens": step * tokens_per_step, "train/loss": train_loss,
                    "train/lr": scheduler.get_last_lr()[0]}
-            row.update(evaluate(model, probe, train_batch))
+            row.update(evaluate(model, probe, train_batch, patterns))
+            row.update(phase_change_row(rows + [row], cfg.train.induction_threshold))
             tracker.log(row)
             rows.append(row)
             eval_seconds += time.perf_counter() - t0
@@ -251,6 +291,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
         train_seconds = time.perf_counter() - train_start
         interrupted = error is None and stop.requested and step < cfg.train.steps
         summary = summarize(rows, cfg)
+        summary.update(partner_summary(model, probe, summary))
         summary.update({
             "status": "failed" if error else "interrupted" if interrupted else "finished",
             "error": error,
@@ -270,6 +311,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
         if error:
             summary["error"] += (f"; last good checkpoint: step {saved_step} in "
                                  f"{run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT}")
+        summary["plot_seconds"] = write_pictures(run_dir, rows, summary, patterns, probe, tracker)
         tracker.summary(summary)
         tracker.exit_code = summary["exit_code"]
     return summary
