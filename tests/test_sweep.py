@@ -172,3 +172,27 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
         config = yaml.safe_load((sweep_dir / name / "config.yaml").read_text())
         assert summary["status"] == "finished"
         assert config["model"]["blocked_composition"] == blocked
+
+
+def test_condition_row_counts_mechanism_verdicts_and_leaves_out_unfinished_runs(tmp_path):
+    from tinyinduct.sweep_report import Condition, SweepRun, condition_row
+
+    def run(state, **summary):
+        base = {"induction_formed": True, "phase_change_step": 1000, "best_induction_score": 0.8,
+                "final_loss_second_copy": 1.0, "final_loss_first_copy": 6.0,
+                "final_train_loss": 3.0, "status": state}
+        return SweepRun(tmp_path, {"seed": 0}, [], {**base, **summary}, state)
+
+    condition = Condition("positional=standard, blocked=none", [
+        run("finished", mechanism="K"),
+        run("finished", mechanism={"verdict": "K", "L1H0": {"K": 0.1}}, phase_change_step=2000),
+        run("finished", mechanism="Q", induction_formed=False, phase_change_step=None),
+        run("failed", mechanism="Q"),
+    ])
+    row = condition_row(condition)
+    assert row["runs"] == "3 (+1 failed)"
+    assert row["formed"] == "2/3"
+    assert row["phase change step"] == "1500 ± 707 (2/3 crossed)"
+    assert row["mechanism"] == "K 2, Q 1"
+    assert row["second-copy loss"] == "1.00 ± 0.00"
+    assert condition_row(Condition("x", [run("finished")]))["mechanism"] == "n/a"
