@@ -55,7 +55,7 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
     columns = list(dict.fromkeys(_split_label(c.label)[0] for c in conditions))
     styles = list(dict.fromkeys(_split_label(c.label)[1] for c in conditions))
     color = {s: COLORS[i % len(COLORS)] for i, s in enumerate(styles)}
-    fig, axes = plt.subplots(len(PANELS), len(columns), figsize=(5.2 * len(columns), 7.2),
+    fig, axes = plt.subplots(len(PANELS), len(columns), figsize=(6.0 * len(columns), 7.6),
                              sharex=True, sharey="row", squeeze=False)
     for condition in conditions:
         column, style = _split_label(condition.label)
@@ -68,8 +68,10 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
             if not curves:
                 continue
             for c in curves:
-                ax.plot(list(c), list(c.values()), color=color[style], lw=0.6, alpha=0.35)
+                ax.plot([t / 1e6 for t in c], list(c.values()), color=color[style], lw=0.6,
+                        alpha=0.35)
             xs, mean, low, high = _band(curves)
+            xs = [t / 1e6 for t in xs]
             ax.fill_between(xs, low, high, color=color[style], alpha=0.15, lw=0)
             ax.plot(xs, mean, color=color[style], lw=2.0,
                     label=f"{style} ({seeds} seed{'' if seeds == 1 else 's'})")
@@ -77,8 +79,11 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
         axes[0][col].set_title(f"positional={column}" if column else "all runs")
         if threshold is not None:
             axes[0][col].axhline(threshold, color="black", lw=0.8, ls=":")
-        axes[-1][col].set_xlabel("training tokens")
-        axes[0][col].legend(loc="upper left", fontsize=9, frameon=False)
+        axes[-1][col].set_xlabel("training tokens (millions)")
+        # below the plots: the curves fill every corner of the panels
+        axes[-1][col].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=9,
+                             ncol=len(styles), frameon=False, handlelength=1.5,
+                             columnspacing=1.0)
         for row in range(len(PANELS)):
             axes[row][col].grid(alpha=0.3)
     for row, (ylabel, _) in enumerate(PANELS):

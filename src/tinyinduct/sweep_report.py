@@ -59,7 +59,8 @@ def find_run_dirs(sweep_dir: Path) -> List[Path]:
 
 
 def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in path.parts]
+    """Job folders in number order (2 before 10), other names after them."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
 def load_sweep_run(run_dir: Path) -> SweepRun:
