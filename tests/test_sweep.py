@@ -196,3 +196,13 @@ def test_condition_row_counts_mechanism_verdicts_and_leaves_out_unfinished_runs(
     assert row["mechanism"] == "K 2, Q 1"
     assert row["second-copy loss"] == "1.00 ± 0.00"
     assert condition_row(Condition("x", [run("finished")]))["mechanism"] == "n/a"
+
+
+def test_a_failed_run_does_not_stop_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "composition_sweep" / "failing"
+    proc = multirun(sweep_dir, "seed=0", "model.positional=standard",
+                    "model.blocked_composition=[]", "optim.lr=1e30,1e-2", "logger.mode=disabled")
+    assert proc.returncode != 0  # Hydra reports the failed job at the end
+    statuses = [json.loads((sweep_dir / n / "summary.json").read_text())["status"]
+                for n in ("0", "1")]
+    assert statuses == ["failed", "finished"]  # the run after the failure still ran
