@@ -25,6 +25,13 @@ EXERCISED_ELSEWHERE = {
     "bash .ci/run": "is CI",
     "python scripts/bench.py --device cuda --out bench-gpu.json": "needs a CUDA GPU",
     'pip install "transformer-lens<4"': "the tl extra that .ci/run installs pins exactly this",
+    'pip install -e ".[sweep]"': ".ci/run installs this extra",
+    "wandb sweep configs/wandb_sweep.yaml": "needs a W&B account; test_sweep.py builds and runs "
+    "the command an agent runs from this YAML",
+    "wandb agent <entity>/tinyinduct/<sweep id>": "needs a W&B account (see wandb sweep)",
+    "python scripts/train.py -m +experiment=composition_sweep hydra/launcher=slurm "
+    "hydra.launcher.partition=cpu hydra.launcher.account=myproject":
+    "needs a SLURM cluster; test_sweep.py composes this launcher and runs submitit_local",
 }
 
 
@@ -42,8 +49,10 @@ def shell_commands() -> list:
     """Every command line of every ```bash block, and every inline code span that is a command."""
     commands = []
     for block in fenced_blocks("bash"):
+        block = re.sub(r"\\\n\s*", "", block)  # join continued lines
         for line in block.splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
+            line = re.sub(r"^(OMP_NUM_THREADS=\d+ )+", "", line)  # thread count: not the command
             if line and not line.startswith("#"):
                 commands.append(line)
     for span in re.findall(r"`([^`\n]+)`", README):
@@ -67,12 +76,18 @@ def ci_commands() -> set:
 
 
 def how_exercised(command: str) -> str | None:
+    if command in EXERCISED_ELSEWHERE:
+        return EXERCISED_ELSEWHERE[command]
+    if "+experiment=composition_sweep" in command:
+        return "test_sweep.py: the experiment's multirun (grid narrowed to two tiny runs)"
     if command.startswith(TRAIN_COMMANDS):
         return "test_readme_train_commands_run"
     if command.startswith("wandb sync"):
         return "test_wandb.py: the README's sync paths glob to a real run's W&B folder"
     if command in ("python -m tinyinduct", "python -m tinyinduct --help"):
         return "test_module_prints_where_to_start"
+    if command.startswith("python scripts/compare.py"):
+        return "test_sweep.py::test_compare_reports_finished_failed_and_unfinished_runs"
     if command.startswith("python scripts/bench.py") and "cuda" not in command:
         return "test_bench.py::test_readme_bench_commands_run_in_quick_mode"
     if command == "pip install .":
@@ -264,7 +279,8 @@ def test_console_script_is_the_app_scripts_train_runs(tmp_path):
 @pytest.mark.slow
 def test_readme_train_commands_run(tmp_path):
     """Every training command in the README, as written, shrunk by the tiny overrides."""
-    commands = [c for c in shell_commands() if c.startswith(TRAIN_COMMANDS)]
+    commands = [c for c in shell_commands() if c.startswith(TRAIN_COMMANDS)
+                and how_exercised(c) == "test_readme_train_commands_run"]
     assert len(commands) >= 3
     for i, command in enumerate(commands):
         words = shlex.split(command)

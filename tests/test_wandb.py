@@ -14,6 +14,7 @@ from wandb_records import find_run_file, read_run
 
 from tinyinduct import config as schema
 from tinyinduct.config import RunConfig, run_config_from_dict, to_dict
+from tinyinduct.sweeps import sweep_group
 from tinyinduct.tracking import MIN_SUMMARY_METRICS, run_name
 
 
@@ -117,7 +118,7 @@ def test_a_sweep_shares_one_group_named_after_its_folder(tmp_path):
     names = set()
     for job in ("0", "1"):
         record = read_run(find_run_file(sweep_dir / job))
-        assert record["run"].run_group == str(sweep_dir)
+        assert record["run"].run_group == sweep_group(sweep_dir)  # "<parent>-sweep"
         names.add(record["run"].display_name)
         # the README's sweep path, with this sweep's folder and job, finds the job's W&B run
         pattern = readme_sync_patterns()["multirun"]

@@ -24,16 +24,10 @@ from ._clock import IMPORT_START
 from .config import ConfigError, RunConfig
 from .hydra_errors import config_composed, describe, run_with_one_line_errors
 from .resources import config_dir
+from .sweeps import label_sweep_run
 
 CONFIG_DIR = config_dir()
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
-
-
-def sweep_group(cfg: DictConfig) -> None:
-    """In a multirun, runs without `logger.group` share one W&B group: the sweep's folder."""
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.group is None:
-        cfg.logger.group = str(hydra_cfg.sweep.dir)
 
 
 def resume_command(run_dir: Path) -> str:
@@ -59,8 +53,10 @@ def app(cfg: DictConfig) -> dict:
     config_composed()
     try:
         check_known_keys(cfg)
-        sweep_group(cfg)
         run_cfg = OmegaConf.to_object(cfg)
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # one W&B group per sweep, tags per condition
+            label_sweep_run(run_cfg, hydra_cfg.sweep.dir)
         from .train import format_summary, train  # torch: only for a valid config
 
         # a resumed run writes into the run it continues (and keeps that run's config.yaml)
@@ -84,6 +80,9 @@ def app(cfg: DictConfig) -> dict:
                  else f"{run_dir}/wandb/offline-run-*")  # a resumed run has one dir per session
         print(f"W&B offline run: wandb sync {where}")
     if summary.get("exit_code"):
+        if HydraConfig.get().mode == RunMode.MULTIRUN and summary.get("status") == "failed":
+            # Hydra records the job as failed and runs the rest of the sweep
+            raise RuntimeError(f"run failed: {summary.get('error')} ({run_dir})")
         sys.exit(summary["exit_code"])
     return summary
 

@@ -1,0 +1,99 @@
+"""The sweep figure: best layer-1 induction score and second-copy loss against tokens seen, one
+column per positional mode, one colour per blocking condition; the line is the mean over seeds,
+the band spans the seeds (min to max), thin lines are single seeds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from .sweep_report import Condition, best_induction_curve
+
+PANELS = (("best layer-1 induction score", "induction"),
+          ("second-copy loss (nats)", "eval/loss_second_copy"))
+COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown",
+          "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+
+
+def _curve(rows: List[dict], key: str) -> Dict[int, float]:
+    if key == "induction":
+        points = best_induction_curve(rows)
+    else:
+        points = [(r["tokens"], r.get(key)) for r in rows]
+    return {t: v for t, v in points if v is not None and math.isfinite(v)}
+
+
+def _band(curves: List[Dict[int, float]]) -> Tuple[list, list, list, list]:
+    """Tokens, mean, min, max over the runs that reached each evaluation."""
+    tokens = sorted({t for c in curves for t in c})
+    xs, mean, low, high = [], [], [], []
+    for t in tokens:
+        values = [c[t] for c in curves if t in c]
+        xs.append(t)
+        mean.append(sum(values) / len(values))
+        low.append(min(values))
+        high.append(max(values))
+    return xs, mean, low, high
+
+
+def _split_label(label: str) -> Tuple[str, str]:
+    """"positional=standard, blocked=K" -> ("standard", "blocked=K")."""
+    parts = label.split(", ")
+    column = next((p.split("=", 1)[1] for p in parts if p.startswith("positional=")), "")
+    rest = ", ".join(p for p in parts if not p.startswith("positional="))
+    return column, rest or label
+
+
+def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float | None = None,
+               title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(dict.fromkeys(_split_label(c.label)[0] for c in conditions))
+    styles = list(dict.fromkeys(_split_label(c.label)[1] for c in conditions))
+    color = {s: COLORS[i % len(COLORS)] for i, s in enumerate(styles)}
+    fig, axes = plt.subplots(len(PANELS), len(columns), figsize=(6.0 * len(columns), 7.6),
+                             sharex=True, sharey="row", squeeze=False)
+    for condition in conditions:
+        column, style = _split_label(condition.label)
+        runs = [r for r in condition.runs if r.rows]
+        seeds = len(runs)
+        for row, (_, key) in enumerate(PANELS):
+            ax = axes[row][columns.index(column)]
+            curves = [_curve(r.rows, key) for r in runs]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            for c in curves:
+                ax.plot([t / 1e6 for t in c], list(c.values()), color=color[style], lw=0.6,
+                        alpha=0.35)
+            xs, mean, low, high = _band(curves)
+            xs = [t / 1e6 for t in xs]
+            ax.fill_between(xs, low, high, color=color[style], alpha=0.15, lw=0)
+            ax.plot(xs, mean, color=color[style], lw=2.0,
+                    label=f"{style} ({seeds} seed{'' if seeds == 1 else 's'})")
+    for col, column in enumerate(columns):
+        axes[0][col].set_title(f"positional={column}" if column else "all runs")
+        if threshold is not None:
+            axes[0][col].axhline(threshold, color="black", lw=0.8, ls=":")
+        axes[-1][col].set_xlabel("training tokens (millions)")
+        # below the plots: the curves fill every corner of the panels
+        axes[-1][col].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=9,
+                             ncol=len(styles), frameon=False, handlelength=1.5,
+                             columnspacing=1.0)
+        for row in range(len(PANELS)):
+            axes[row][col].grid(alpha=0.3)
+    for row, (ylabel, _) in enumerate(PANELS):
+        axes[row][0].set_ylabel(ylabel)
+    axes[0][0].set_ylim(-0.02, 1.02)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,226 @@
+"""The composition sweep end to end: a 2-run Hydra multirun of the experiment (tiny config),
+its W&B group and tags, and scripts/compare.py on it with a failed and an unfinished run."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+import yaml
+from conftest import ROOT, TINY_OVERRIDES, TRAIN_SCRIPT, child_env, run_train
+from wandb_records import find_run_file, read_run
+
+COMPARE_SCRIPT = ROOT / "scripts" / "compare.py"
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def multirun(sweep_dir, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_script(str(TRAIN_SCRIPT), "-m", "+experiment=composition_sweep",
+                      f"hydra.sweep.dir={sweep_dir}", *TINY_OVERRIDES, *overrides,
+                      timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two conditions of the experiment (blocked none and K), seed 0, two runs side by side."""
+    sweep_dir = tmp_path_factory.mktemp("multirun") / "composition_sweep" / "test"
+    proc = multirun(sweep_dir, "hydra/launcher=local", "seed=0", "model.positional=standard",
+                    "model.blocked_composition=[],[K]")
+    assert proc.returncode == 0, proc.stderr
+    return sweep_dir
+
+
+def test_multirun_writes_one_finished_run_per_condition(sweep):
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1"]
+    blocked = []
+    for run_dir in runs:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == 60
+        assert config["seed"] == 0 and config["train"]["steps"] == 60  # the override beat 4000
+        blocked.append(config["model"]["blocked_composition"])
+    assert blocked == [[], ["K"]]
+
+
+def test_sweep_runs_share_a_wandb_group_and_carry_condition_tags(sweep):
+    records = [read_run(find_run_file(sweep / n)) for n in ("0", "1")]
+    assert {r["run"].run_group for r in records} == {"composition_sweep-test"}
+    assert list(records[0]["run"].tags) == ["positional:standard", "blocked:none"]
+    assert list(records[1]["run"].tags) == ["positional:standard", "blocked:K"]
+    assert [r["run"].display_name for r in records] == ["standard-seed0",
+                                                        "standard-noK-seed0"]
+    assert records[1]["config"]["model"]["blocked_composition"] == ["K"]
+
+
+def test_compare_reports_finished_failed_and_unfinished_runs(sweep, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(sweep, sweep_dir)
+    # a run that really fails: the loss goes non-finite, the run records status "failed"
+    failed = run_train(sweep_dir / "2", *TINY_OVERRIDES, "optim.lr=1e30", "logger.mode=disabled")
+    assert failed.returncode == 1, failed.stderr
+    assert json.loads((sweep_dir / "2" / "summary.json").read_text())["status"] == "failed"
+    # a run killed (or still running) at step 20: no summary.json, two metrics rows
+    shutil.copytree(sweep_dir / "1", sweep_dir / "3")
+    (sweep_dir / "3" / "summary.json").unlink()
+    rows = (sweep_dir / "3" / "metrics.jsonl").read_text().splitlines()
+    (sweep_dir / "3" / "metrics.jsonl").write_text("\n".join(rows[:2]) + "\n")
+
+    proc = run_script(str(COMPARE_SCRIPT), str(sweep_dir))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "4 runs (2 finished, 1 failed, 1 incomplete)" in out
+    table = [line for line in out.splitlines() if line.startswith("| positional=")]
+    assert len(table) == 3  # the failed run's learning rate makes a condition of its own
+    none_row, k_row, failed_row = table
+    assert none_row.startswith("| positional=standard, blocked=none, lr=0.01 | 1 | ")
+    assert k_row.startswith("| positional=standard, blocked=K, lr=0.01 | 1 (+1 incomplete) | ")
+    assert failed_row.startswith("| positional=standard, blocked=none, lr=1e+30 | 0 (+1 failed) |")
+    assert " | none 1 | " in none_row  # the verdict each run recorded in summary.json
+    failed_line = next(line for line in out.splitlines() if line.startswith("failed:"))
+    assert str(sweep_dir / "2") in failed_line and "non-finite" in failed_line
+    unfinished = next(line for line in out.splitlines() if line.startswith("incomplete"))
+    assert str(sweep_dir / "3") in unfinished and "at step 20 of 60" in unfinished
+    image = matplotlib.image.imread(sweep_dir / "compare.png")
+    assert image.shape[0] > 400 and image.shape[1] > 400
+    assert (sweep_dir / "compare.md").read_text().startswith(str(sweep_dir))
+
+
+def test_compare_refuses_a_folder_without_runs(tmp_path):
+    proc = run_script(str(COMPARE_SCRIPT), str(tmp_path))
+    assert proc.returncode == 2
+    assert "no runs under" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_trained_with_k_blocked_the_layer1_keys_read_only_the_direct_path(tmp_path):
+    """After training with K blocked (Hydra override -> checkpoint -> load_run), layer-1 keys are
+    exactly (W_E[tok] + W_pos) @ W_K: nothing layer 0 writes reaches them."""
+    import torch
+
+    from tinyinduct import load_run
+
+    proc = run_train(tmp_path / "k", *TINY_OVERRIDES, "model.blocked_composition=[K]",
+                     "logger.mode=disabled", "train.steps=40")
+    assert proc.returncode == 0, proc.stderr
+    model = load_run(tmp_path / "k").model
+    assert model.cfg.blocked_composition == ["K"]
+    tokens = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(tokens)
+    direct = model.embed.W_E[tokens] + model.pos_embed.W_pos[:32]
+    keys = torch.einsum("bpd,hde->bphe", direct, model.blocks[1].attn.W_K)
+    torch.testing.assert_close(cache["blocks.1.attn.hook_k"], keys)
+    queries = torch.einsum("bpd,hde->bphe", direct, model.blocks[1].attn.W_Q)
+    assert not torch.allclose(cache["blocks.1.attn.hook_q"], queries, atol=1e-4)  # not blocked
+
+
+def test_bad_blocked_composition_on_the_command_line_names_the_field(tmp_path):
+    proc = run_train(tmp_path / "bad", *TINY_OVERRIDES, "model.blocked_composition=[X]",
+                     timeout=60)
+    assert proc.returncode == 2
+    assert "model.blocked_composition" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_slurm_launcher_config_composes():
+    proc = run_script(str(TRAIN_SCRIPT), "+experiment=composition_sweep", "hydra/launcher=slurm",
+                      "hydra.launcher.partition=cpu", "--cfg", "hydra", "-p", "hydra.launcher",
+                      timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    launcher = yaml.safe_load(proc.stdout.split("\n", 1)[1])  # after "# @package hydra.launcher"
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["partition"] == "cpu" and launcher["cpus_per_task"] == 2
+
+
+def test_wandb_sweep_command_is_valid_hydra(tmp_path):
+    """Build the command exactly as `wandb agent` does from configs/wandb_sweep.yaml, for one grid
+    point, and run it: Hydra must take `model.blocked_composition=[K]` as a list."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    spec = yaml.safe_load((ROOT / "configs" / "wandb_sweep.yaml").read_text())
+    params = spec["parameters"]
+    point = {name: {"value": p["values"][1] if "values" in p else p["value"]}
+             for name, p in params.items()}
+    point["logger.mode"] = {"value": "disabled"}  # no W&B server in a test
+    args = create_sweep_command_args({"args": point})["args_no_hyphens"]
+    assert "model.blocked_composition=[K]" in args
+    command = [a for a in spec["command"] if not a.startswith("${")]
+    assert spec["command"][:3] == ["${env}", "${interpreter}", "${program}"]
+    run_dir = tmp_path / "agent"
+    proc = run_script(spec["program"], *command, *args, *TINY_OVERRIDES, "train.steps=20",
+                      f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["blocked_composition"] == ["K"]
+    assert config["model"]["positional"] == "shortformer" and config["seed"] == 1
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    """The submitit path (as on SLURM), on this machine."""
+    sweep_dir = tmp_path / "composition_sweep" / "submitit"
+    proc = multirun(sweep_dir, "hydra/launcher=submitit_local", "seed=0",
+                    "model.positional=shortformer", "model.blocked_composition=[],[Q]",
+                    "logger.mode=disabled", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for name, blocked in (("0", []), ("1", ["Q"])):
+        summary = json.loads((sweep_dir / name / "summary.json").read_text())
+        config = yaml.safe_load((sweep_dir / name / "config.yaml").read_text())
+        assert summary["status"] == "finished"
+        assert config["model"]["blocked_composition"] == blocked
+
+
+def test_condition_row_counts_mechanism_verdicts_and_leaves_out_unfinished_runs(tmp_path):
+    from tinyinduct.sweep_report import Condition, SweepRun, condition_row
+
+    def run(state, **summary):
+        base = {"induction_formed": True, "phase_change_step": 1000, "best_induction_score": 0.8,
+                "final_loss_second_copy": 1.0, "final_loss_first_copy": 6.0,
+                "final_train_loss": 3.0, "status": state}
+        return SweepRun(tmp_path, {"seed": 0}, [], {**base, **summary}, state)
+
+    condition = Condition("positional=standard, blocked=none", [
+        run("finished", mechanism="K"),
+        run("finished", mechanism={"verdict": "K", "L1H0": {"K": 0.1}}, phase_change_step=2000),
+        run("finished", mechanism="Q", induction_formed=False, phase_change_step=None),
+        run("failed", mechanism="Q"),
+    ])
+    row = condition_row(condition)
+    assert row["runs"] == "3 (+1 failed)"
+    assert row["formed"] == "2/3"
+    assert row["phase change step"] == "1500 ± 707 (2/3 crossed)"
+    assert row["mechanism"] == "K 2, Q 1"
+    assert row["second-copy loss"] == "1.00 ± 0.00"
+    assert condition_row(Condition("x", [run("finished")]))["mechanism"] == "n/a"
+
+
+def test_a_failed_run_does_not_stop_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "composition_sweep" / "failing"
+    proc = multirun(sweep_dir, "seed=0", "model.positional=standard",
+                    "model.blocked_composition=[]", "optim.lr=1e30,1e-2", "logger.mode=disabled")
+    assert proc.returncode != 0  # Hydra reports the failed job at the end
+    statuses = [json.loads((sweep_dir / n / "summary.json").read_text())["status"]
+                for n in ("0", "1")]
+    assert statuses == ["failed", "finished"]  # the run after the failure still ran
+
+
+def test_compare_attributes_runs_whose_summary_has_no_mechanism(sweep):
+    """Runs from before mechanism attribution: the verdict comes from their final checkpoint."""
+    import json
+    import shutil
+
+    from tinyinduct.sweep_report import load_sweep_run
+
+    run_dir = sweep / "0"
+    recorded = json.loads((run_dir / "summary.json").read_text())["mechanism"]
+    old = run_dir.parent / "old_run"
+    shutil.copytree(run_dir, old)
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["mechanism"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    assert load_sweep_run(old).summary["mechanism"] == recorded
+    shutil.rmtree(old)
