@@ -78,6 +78,8 @@ def ci_commands() -> set:
 def how_exercised(command: str) -> str | None:
     if command in EXERCISED_ELSEWHERE:
         return EXERCISED_ELSEWHERE[command]
+    if " resume=" in command:
+        return "test_resume.py: the resume command an interrupted run prints, run as printed"
     if "+experiment=composition_sweep" in command:
         return "test_sweep.py: the experiment's multirun (grid narrowed to two tiny runs)"
     if command.startswith(TRAIN_COMMANDS):

@@ -46,6 +46,8 @@ def test_summary_config_and_checkpoint(tiny_run):
     assert summary["steps"] == 60 and summary["status"] == "finished"
     assert summary["best_induction_head"].startswith("L1H")
     assert summary["tokens_per_second"] > 0
+    # step-0 evaluation counts in both the eval and the training time, so the share is a share
+    assert 0 < summary["eval_fraction"] < 1 and summary["eval_seconds"] < summary["train_seconds"]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["seed"] == 3 and config["model"]["d_model"] == 32
     assert config["model"]["d_vocab"] == 64  # interpolated from data.d_vocab

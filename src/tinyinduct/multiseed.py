@@ -209,10 +209,10 @@ def train_seeds(cfg: RunConfig, run_dir: str | Path,
                 rows[k].append(row)
             eval_seconds += time.perf_counter() - t0
 
+        train_start = time.perf_counter()  # before the step-0 evaluation, which eval time counts
         log_eval(0, [float("nan")] * n)
         loss_sum = torch.zeros(n, device=device)
         steps_since_eval = 0
-        train_start = time.perf_counter()
         bar = tqdm(total=cfg.train.steps, disable=None if show is None else not show,
                    desc=f"train x{n}", unit="step", dynamic_ncols=True)
         step = 0

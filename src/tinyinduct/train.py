@@ -246,10 +246,10 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
                     tracker.wandb_id))
             return problem
 
+        train_start = time.perf_counter()  # before the step-0 evaluation, which eval time counts
         if resumed is None:
             log_eval(0, float("nan"))
             checkpoint(0)  # even a run killed early resumes
-        train_start = time.perf_counter()
         bar = tqdm(total=cfg.train.steps, initial=start_step,
                    disable=None if show is None else not show,
                    desc="train", unit="step", dynamic_ncols=True)
