@@ -103,3 +103,12 @@ def test_head_scores_keys_and_best_head():
     # layer-0 heads are never the "best induction head"
     scores["heads/induction/L0H0"] = 5.0
     assert best_induction_head(scores)[0] == "L1H1"
+
+
+def test_head_scores_default_mask_is_the_induction_mask():
+    tokens = PROBE.tokens
+    cache = {"blocks.0.attn.hook_pattern": induction_pattern(tokens)}
+    from tinyinduct.data import induction_mask
+
+    assert head_scores(cache, tokens) == head_scores(cache, tokens, induction_mask(tokens))
+    assert head_scores(cache, tokens)["heads/induction/L0H0"] == pytest.approx(1.0)

@@ -97,3 +97,23 @@ def test_shortformer_override_and_disabled_logger(tmp_path):
     assert run.config.model.positional == "shortformer"
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 20
+
+
+def test_one_layer_run_summary_reads_cleanly(tmp_path):
+    from tinyinduct import train
+    from tinyinduct.config import run_config_from_dict
+    from tinyinduct.train import format_summary
+
+    cfg = run_config_from_dict({
+        "device": "cpu",
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "d_head": 8, "n_ctx": 32,
+                  "d_vocab": 64},
+        "data": {"d_vocab": 64, "seq_len": 32, "min_copy_len": 4, "max_copy_len": 12,
+                 "batch_size": 8, "eval_batch_size": 16},
+        "train": {"steps": 10, "eval_every": 5, "checkpoint_every": 10},
+        "logger": {"mode": "disabled", "progress": False},
+    })
+    summary = train(cfg, tmp_path / "one")
+    assert summary["best_induction_head"] is None and not summary["induction_formed"]
+    text = format_summary(summary, tmp_path / "one")
+    assert "a one-layer model has no layer-1 head" in text and "None" not in text

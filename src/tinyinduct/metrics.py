@@ -73,11 +73,13 @@ def head_scores(
 ) -> Dict[str, float]:
     """`heads/{induction,prev_token,duplicate}/L{l}H{h}` for every head in a cache."""
     out: Dict[str, float] = {}
+    sources = induction_sources(tokens)  # the same targets for every layer
+    mask = induction_mask(tokens) if mask is None else mask
     layer = 0
     while f"blocks.{layer}.attn.hook_pattern" in cache:
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
         scores = {
-            "induction": induction_score(pattern, tokens, mask),
+            "induction": induction_score(pattern, tokens, mask, sources),
             "prev_token": prev_token_score(pattern),
             "duplicate": duplicate_token_score(pattern, tokens),
         }

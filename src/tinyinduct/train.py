@@ -148,8 +148,9 @@ def format_summary(summary: Dict[str, Any], run_dir: Path) -> str:
         when += (f"; the second-copy loss fell fastest around step "
                  f"{s['phase_change_steepest_step']}")
     verdict = "An induction head formed" if s["induction_formed"] else "No induction head formed"
-    return (f"{verdict}: {s['best_induction_head']} scores {s['best_induction_score']:.2f} on the "
-            f"probe, second-copy loss {s['final_loss_second_copy']:.2f} vs first-copy "
+    best = (f"{s['best_induction_head']} scores {s['best_induction_score']:.2f} on the probe"
+            if s["best_induction_head"] else "a one-layer model has no layer-1 head")
+    return (f"{verdict}: {best}, second-copy loss {s['final_loss_second_copy']:.2f} vs first-copy "
             f"{s['final_loss_first_copy']:.2f} nats (ratio {s['loss_ratio']:.2f}); {when}. "
             f"{format_mechanism(s)}"
             f"{s['steps']} steps in {s['wall_seconds']:.1f} s "
