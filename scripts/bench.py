@@ -43,9 +43,9 @@ import torch
 
 from tinyinduct.config import DataConfig, LoggerConfig, ModelConfig, RunConfig, TrainConfig
 from tinyinduct.data import RepeatedSegmentData
-from tinyinduct.multiseed import StackedTransformer, clip_grad_norm_per_model_, per_model_loss
-from tinyinduct.train import build_model, make_optimizer, next_token_loss, resolve_device
-from tinyinduct.train import train as train_run
+from tinyinduct.loop import build_model, make_optimizer, resolve_device
+from tinyinduct.loop import train as train_run
+from tinyinduct.stack import StackedTransformer, next_token_loss, train_step
 
 FLOPS_FORMULA = ("3 * (L * (2*d*3*h*e + 2*h*e*d + 2*2*h*e*(n+1)/2) + 2*d*V) per token "
                  "(forward x3 for training; causal attention averaged over positions)")
@@ -122,10 +122,30 @@ def matmul_peak(device: torch.device, m: ModelConfig, tokens: int, timer: Timer,
     return best
 
 
+def loop_step(models: List[torch.nn.Module], cfg: RunConfig,
+              next_tokens: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """One step of the training loop itself (`stack.train_step`, the loop's own function) on K
+    stacked `models`; `next_tokens()` gives the `[K, b, p]` batch."""
+    model = StackedTransformer(models)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return lambda: train_step(model, optimizer, scheduler, next_tokens(), cfg.optim.grad_clip)
+
+
+def cycling(batches: List[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    state = {"i": 0}
+
+    def next_tokens() -> torch.Tensor:
+        state["i"] += 1
+        return batches[state["i"] % len(batches)]
+    return next_tokens
+
+
 def training_step(model: torch.nn.Module, cfg: RunConfig, batches: List[torch.Tensor],
                   explicit: bool = False) -> Callable[[], None]:
-    """One optimizer step of `model` on the next pre-generated batch, as the training loop
-    takes it (next-token loss, AdamW, gradient clipping)."""
+    """One optimizer step of a plain `model` on the next pre-generated batch (next-token loss
+    on its logits, AdamW, gradient clipping): TransformerLens, tinyinduct's explicit path, and
+    the plain-model step the loop took before it was one stacked loop."""
     optimizer = make_optimizer(model, cfg)
     state = {"i": 0}
 
@@ -176,7 +196,9 @@ def bench_models(configs, device, threads, timer, repeats, peaks) -> List[Dict[s
         data = RepeatedSegmentData(cfg.data, seed=0, device=device)
         batches = [data.sample().tokens for _ in range(8)]
         tokens = batch * cfg.data.seq_len
-        fns = {"tinyinduct": training_step(build_model(cfg, device), cfg, batches),
+        fns = {"tinyinduct": loop_step([build_model(cfg, device)], cfg,
+                                       cycling([b[None] for b in batches])),
+               "tinyinduct_plain_model": training_step(build_model(cfg, device), cfg, batches),
                "tinyinduct_explicit": training_step(build_model(cfg, device), cfg, batches,
                                                     explicit=True)}
         tl = transformer_lens_model(cfg.model, device)
@@ -209,35 +231,13 @@ def bench_many_seeds(fields, batch, device, threads, timer, repeats, ks) -> List
     cfg = run_config(fields, batch, str(device))
     tokens = batch * cfg.data.seq_len
 
-    def single_step() -> Callable[[], None]:
-        model, data = build_model(cfg, device), RepeatedSegmentData(cfg.data, 0, device)
-        optimizer = make_optimizer(model, cfg)
-
-        def step() -> None:
-            t = data.sample().tokens
-            loss = next_token_loss(model(t), t)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-        return step
-
     def stacked_step(k: int) -> Callable[[], None]:
         cfgs = [replace(cfg, seed=s) for s in range(k)]
-        model = StackedTransformer([build_model(c, device) for c in cfgs]).to(device)
         streams = [RepeatedSegmentData(c.data, c.seed, device) for c in cfgs]
-        optimizer, params = make_optimizer(model, cfg), list(model.parameters())
+        return loop_step([build_model(c, device) for c in cfgs], cfg,
+                         lambda: torch.stack([s.sample().tokens for s in streams]))
 
-        def step() -> None:
-            t = torch.stack([s.sample().tokens for s in streams])
-            loss = per_model_loss(model, t).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_grad_norm_per_model_(params, cfg.optim.grad_clip)
-            optimizer.step()
-        return step
-
-    fns = {"single": single_step(), **{f"K={k}": stacked_step(k) for k in ks}}
+    fns = {"single": stacked_step(1), **{f"K={k}": stacked_step(k) for k in ks}}
     seconds = interleaved_medians(timer, fns, repeats)
     single_rate = tokens / seconds["single"]
     rows = []
@@ -264,10 +264,10 @@ def time_to_induction(fields, batch, device, quick: bool) -> Dict[str, Any]:
         cfg = replace(cfg, data=replace(DataConfig(), batch_size=batch))
     with tempfile.TemporaryDirectory() as run_dir:
         s = train_run(cfg, run_dir, progress=False)
-    per_step = (s["train_seconds"] - s["eval_seconds"]) / s["steps"]
+    per_step = (s["train_seconds"] - s["eval_seconds"]) / s["last_step"]
     step = s["phase_change_step"]
     return {
-        "threads": torch.get_num_threads(), "steps_run": s["steps"],
+        "threads": torch.get_num_threads(), "steps_run": s["last_step"],
         "induction_formed": s["induction_formed"], "phase_change_step": step,
         "phase_change_tokens": s["phase_change_tokens"],
         "phase_change_training_seconds": None if step is None else step * per_step,

@@ -19,17 +19,27 @@ from tinyinduct.tracking import Tracker, read_metrics
 ABSURD_LR = ["optim.lr=1000", "optim.warmup_steps=30", "train.eval_every=20"]
 
 
-@pytest.mark.parametrize("checkpoint_every", [5, 40])  # caught at a checkpoint / an evaluation
-def test_nan_loss_stops_keeping_the_last_good_checkpoint(tmp_path, checkpoint_every):
-    run_dir = tmp_path / "nan"
-    proc = run_train(run_dir, *TINY_OVERRIDES, *ABSURD_LR,
-                     f"train.checkpoint_every={checkpoint_every}")
+@pytest.mark.parametrize("checkpoint_every,n_seeds", [(5, 1), (40, 1), (5, 2)],
+                         ids=["at-checkpoint", "at-evaluation", "two-seeds"])
+def test_nan_loss_stops_keeping_the_last_good_checkpoint(tmp_path, checkpoint_every, n_seeds):
+    job_dir = tmp_path / "nan"
+    proc = run_train(job_dir, *TINY_OVERRIDES, *ABSURD_LR,
+                     f"train.checkpoint_every={checkpoint_every}", f"train.n_seeds={n_seeds}")
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    bad_step = int(re.search(r"non-finite training loss at step (\d+)", proc.stderr).group(1))
+    top = json.loads((job_dir / "summary.json").read_text())
+    assert top["status"] == "failed" and top["exit_code"] == 1
+    dirs = [job_dir] if n_seeds == 1 else [job_dir / f"seed{s}" for s in range(n_seeds)]
+    for run_dir in dirs:
+        assert_failed_with_a_good_checkpoint(run_dir, checkpoint_every, proc)
 
+
+def assert_failed_with_a_good_checkpoint(run_dir, checkpoint_every, proc):
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed"
+    bad_step = int(re.search(r"non-finite training loss at step (\d+)",
+                             summary["error"]).group(1))
+    assert f"non-finite training loss at step {bad_step}" in proc.stderr
+    assert summary["status"] == "failed" and summary["exit_code"] == 1
     assert f"non-finite training loss at step {bad_step}" in summary["error"]
     assert bad_step <= summary["last_step"] < 60
 
@@ -89,3 +99,50 @@ def test_a_crash_still_leaves_a_summary(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == {"status": "failed", "error": "RuntimeError: disk full", "steps": 50}
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 50]
+
+
+def tiny_config(**train):
+    from tinyinduct.config import DataConfig, ModelConfig, TrainConfig
+
+    return RunConfig(
+        device="cpu", seed=3,
+        model=ModelConfig(d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=64),
+        data=DataConfig(d_vocab=64, seq_len=32, min_copy_len=4, max_copy_len=12, batch_size=8,
+                        eval_batch_size=16),
+        train=TrainConfig(**{"steps": 60, "eval_every": 20, "checkpoint_every": 40, **train}),
+        logger=LoggerConfig(mode="disabled", progress=False))
+
+
+def test_one_seed_going_non_finite_stops_alone_while_the_other_trains_on(tmp_path, monkeypatch):
+    """Seed 4's weights are poisoned after step 25 (as an overflow would); seed 3 trains on to
+    the end and equals its run alone; seed 4 keeps its last good checkpoint."""
+    from tinyinduct import loop, train
+
+    real_step = loop.train_step
+
+    def poisoned(model, optimizer, scheduler, tokens, grad_clip):
+        losses = real_step(model, optimizer, scheduler, tokens, grad_clip)
+        if scheduler.last_epoch == 25:
+            with torch.no_grad():
+                model.shell.blocks[0].attn.W_Q[1].fill_(float("nan"))
+        return losses
+
+    monkeypatch.setattr(loop, "train_step", poisoned)
+    overall = train(tiny_config(n_seeds=2, checkpoint_every=10), tmp_path / "both")
+    monkeypatch.setattr(loop, "train_step", real_step)
+    alone = train(tiny_config(), tmp_path / "alone")
+
+    assert overall["status"] == "failed" and overall["exit_code"] == 1
+    assert overall["failed_seeds"] == [4]
+    good, bad = overall["seed_summaries"]["3"], overall["seed_summaries"]["4"]
+    assert good["status"] == "finished" and good["last_step"] == 60
+    assert good["best_induction_score"] == pytest.approx(alone["best_induction_score"], rel=1e-4)
+    assert bad["status"] == "failed" and "non-finite training loss at step 26" in bad["error"]
+    assert torch.load(tmp_path / "both" / "seed4" / "checkpoints" / "last.pt",
+                      weights_only=True)["step"] == 20
+    rows = read_metrics(tmp_path / "both" / "seed3" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 20, 40, 60]
+    # caught by the checkpoint at step 30, before the evaluation at 40
+    assert bad["last_step"] == 30
+    assert [r["step"] for r in read_metrics(tmp_path / "both" / "seed4" / "metrics.jsonl")] \
+        == [0, 20]

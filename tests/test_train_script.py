@@ -62,7 +62,7 @@ def test_summary_config_and_checkpoint(tiny_run):
     # the saved weights reproduce the logged final evaluation
     from tinyinduct.data import make_probe
     from tinyinduct.evaluate import evaluate
-    from tinyinduct.train import PROBE_SEED
+    from tinyinduct.evaluate import PROBE_SEED
     probe = make_probe(run.config.data, PROBE_SEED)
     row = evaluate(run.model, probe, probe)
     assert row["eval/loss"] == pytest.approx(run.metrics[-1]["eval/loss"], rel=1e-5)
@@ -102,7 +102,7 @@ def test_shortformer_override_and_disabled_logger(tmp_path):
 def test_one_layer_run_summary_reads_cleanly(tmp_path):
     from tinyinduct import train
     from tinyinduct.config import run_config_from_dict
-    from tinyinduct.train import format_summary
+    from tinyinduct.summary import format_summary
 
     cfg = run_config_from_dict({
         "device": "cpu",

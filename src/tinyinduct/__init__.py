@@ -5,7 +5,7 @@ from .config import ConfigError, ModelConfig, RunConfig
 from .interop import from_transformer_lens, to_transformer_lens
 from .model import AttnOnlyTransformer
 from .runs import Run, load_run
-from .train import train  # after the submodule import, the name is the function
+from .loop import train
 
 __all__ = ["AttnOnlyTransformer", "ConfigError", "ModelConfig", "Run", "RunConfig", "load_run",
            "train", "to_transformer_lens", "from_transformer_lens"]

@@ -50,6 +50,7 @@ def check_known_keys(cfg: DictConfig, schema: object = None, prefix: str = "") -
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def app(cfg: DictConfig) -> dict:
+    job_start = time.perf_counter()
     config_composed()
     try:
         check_known_keys(cfg)
@@ -57,12 +58,11 @@ def app(cfg: DictConfig) -> dict:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN:  # one W&B group per sweep, tags per condition
             label_sweep_run(run_cfg, hydra_cfg.sweep.dir)
-        from .train import format_summary, train  # torch: only for a valid config
+        from .loop import train  # torch: only for a valid config
+        from .summary import format_summary
 
         # a resumed run writes into the run it continues (and keeps that run's config.yaml)
         run_dir = Path(run_cfg.resume or HydraConfig.get().runtime.output_dir)
-        if not run_cfg.resume:
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         summary = train(run_cfg, run_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -74,7 +74,10 @@ def app(cfg: DictConfig) -> dict:
     print(format_summary(summary, run_dir), file=sys.stdout if finished else sys.stderr)
     if summary.get("status") == "interrupted":
         print(f"Resume with: {resume_command(run_dir)}", file=sys.stderr)
-    print(f"Whole process: {time.perf_counter() - IMPORT_START:.1f} s.")
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # one process may run many jobs
+        print(f"This job: {time.perf_counter() - job_start:.1f} s.")
+    else:
+        print(f"Whole process: {time.perf_counter() - IMPORT_START:.1f} s.")
     if summary.get("wandb_dir") and run_cfg.logger.mode == "offline":
         where = (summary["wandb_dir"] if summary.get("resumed_from_step") is None
                  else f"{run_dir}/wandb/offline-run-*")  # a resumed run has one dir per session

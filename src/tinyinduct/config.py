@@ -82,8 +82,11 @@ class TrainConfig:
     checkpoint_every: int = 500
     induction_threshold: float = 0.7  # best layer>=1 induction score that counts as formed
     loss_ratio_threshold: float = 0.2  # second-copy loss / first-copy loss that counts as formed
-    # Train seeds seed .. seed+n_seeds-1 at once, as one batched computation (multiseed.py).
+    # Train seeds seed .. seed+n_seeds-1 at once, as one batched computation (stack.py).
     n_seeds: int = 1
+    # Stop a seed this many steps after it first meets both formation criteria (at the next
+    # evaluation); None trains every seed for train.steps.
+    stop_after_formed: int | None = None
 
 
 @dataclass
@@ -177,14 +180,14 @@ def validate_run_config(cfg: RunConfig) -> None:
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables)")
     _positive("train", t, "steps", "eval_every", "checkpoint_every", "n_seeds")
+    _check(t.stop_after_formed is None or t.stop_after_formed >= 0, "train.stop_after_formed",
+           t.stop_after_formed, "a number of steps >= 0, or null (never stop early)")
     _check(0 < t.induction_threshold <= 1, "train.induction_threshold", t.induction_threshold,
            "must be in (0, 1]")
     _check(t.loss_ratio_threshold > 0, "train.loss_ratio_threshold", t.loss_ratio_threshold,
            "must be > 0")
     _check(cfg.resume is None or str(cfg.resume).strip() != "", "resume", cfg.resume,
            "a run directory (or null for a fresh run)")
-    _check(cfg.resume is None or t.n_seeds == 1, "train.n_seeds", t.n_seeds,
-           "resume continues one run: must be 1 with resume= (rerun many seeds from scratch)")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode,
            f"allowed: {', '.join(LOGGER_MODES)}")
 

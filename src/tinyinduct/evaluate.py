@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import torch
 
 from .composition import composition_table, weight_scores
-from .data import Batch
+from .config import RunConfig
+from .data import Batch, RepeatedSegmentData, make_probe
 from .metrics import (
     attribution_row,
     composition_partners,
@@ -21,6 +25,12 @@ from .metrics import (
 )
 from .model import AttnOnlyTransformer
 
+if TYPE_CHECKING:
+    from .tracking import Tracker
+
+# The evaluation batches are the same for every run, whatever its seed, so runs compare.
+PROBE_SEED = 20_221_000
+TRAIN_DIST_SEED = 20_221_001
 PREV_TOKEN_HEAD = 0.3  # a partner head with at least this previous-token score is named one
 
 
@@ -37,6 +47,14 @@ def copy_losses(logits: torch.Tensor, batch: Batch, section: str,
         f"{section}/loss_second_copy": second,
         f"{section}/loss_ratio": second / first,
     }
+
+
+def eval_batches(cfg: RunConfig, device: torch.device) -> tuple:
+    """The fixed probe and training-distribution batches every evaluation uses."""
+    probe = make_probe(cfg.data, seed=PROBE_SEED, device=device)
+    train_batch = RepeatedSegmentData(cfg.data, seed=TRAIN_DIST_SEED, device=device).sample(
+        cfg.data.eval_batch_size)
+    return probe, train_batch
 
 
 def picture_index(probe: Batch) -> int:
@@ -110,3 +128,19 @@ def score_tables(row: Dict) -> Dict[str, tuple]:
         "composition": (["kind", "writer", "reader", "score", "baseline"],
                         [list(r) for r in composition_table(row)]),
     }
+
+
+def write_pictures(run_dir: Path, rows: List[Dict[str, Any]], summary: Dict[str, Any],
+                   patterns: List[torch.Tensor], probe: Batch, tracker: Tracker) -> float:
+    """Draw the run's pictures into plots/ and send them, with the score tables, to W&B.
+    Returns the seconds spent; a plotting failure is reported, never fatal to the run."""
+    t0 = time.perf_counter()
+    try:
+        from .plots import plot_run
+
+        tokens = probe.tokens[picture_index(probe)].cpu()
+        paths = plot_run(run_dir, rows, summary, patterns, tokens)
+        tracker.media(rows[-1]["step"], paths, score_tables(rows[-1]))
+    except Exception as err:  # the run's numbers are on disk already; pictures are extra
+        print(f"could not draw the pictures: {type(err).__name__}: {err}", file=sys.stderr)
+    return time.perf_counter() - t0

@@ -71,3 +71,13 @@ def phase_change_summary(rows: List[Row], threshold: float) -> Dict[str, Any]:
         "phase_change_steepest_tokens": fall["tokens"] if fall else None,
         "phase_change_steepest_slope": fall["slope"] if fall else None,
     }
+
+
+def formed_at(rows: List[Row], threshold: float, ratio_threshold: float) -> int | None:
+    """The first step at which the run met both formation criteria (best layer>=1 induction
+    score >= `threshold` and second/first-copy loss ratio < `ratio_threshold`), or None."""
+    for r in rows:
+        ratio = r.get("eval/loss_ratio")
+        if best_induction_head(r)[1] >= threshold and _finite(ratio) and ratio < ratio_threshold:
+            return r["step"]
+    return None

@@ -84,17 +84,9 @@ class ResumePoint:
     def wandb_id(self) -> str | None:
         return self.state.get("wandb_id")
 
-    def restore(self, model: torch.nn.Module, optimizer, scheduler,
-                data: RepeatedSegmentData) -> tuple:
-        """Load every state saved by `training_state`; return the loop's running training loss
-        as (loss_sum on the model's device, steps_since_eval)."""
-        s = self.state
-        model.load_state_dict(s["model"])
-        optimizer.load_state_dict(s["optimizer"])
-        scheduler.load_state_dict(s["scheduler"])
-        restore_rng(s["rng"], data)
-        device = next(model.parameters()).device
-        return s["loss_sum"].to(device), s["steps_since_eval"]
+    def restore_generators(self, data: RepeatedSegmentData) -> None:
+        """The data stream's generator and the process-wide ones (torch, numpy, Python)."""
+        restore_rng(self.state["rng"], data)
 
 
 def load_resume_point(cfg: RunConfig, run_dir: Path, device: torch.device) -> ResumePoint | None:

@@ -13,6 +13,7 @@ from .config import RunConfig, run_config_from_dict, to_dict
 from .model import AttnOnlyTransformer
 from .tracking import METRICS_FILE, SUMMARY_FILE, read_metrics
 
+CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 

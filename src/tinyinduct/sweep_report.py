@@ -82,7 +82,7 @@ def attribute_from_checkpoint(run_dir: Path) -> str | None:
     from .data import make_probe
     from .metrics import mechanism_attribution
     from .runs import load_run
-    from .train import PROBE_SEED
+    from .evaluate import PROBE_SEED
 
     try:
         run = load_run(run_dir)

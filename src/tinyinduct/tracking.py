@@ -34,6 +34,15 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def read_summary(run_dir: Path) -> Dict[str, Any] | None:
+    """A run's summary.json, or None if it has none or it cannot be read."""
+    try:
+        data = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
     """Rows of a metrics.jsonl; a torn last line (a killed writer) is skipped."""
     rows = []
@@ -88,6 +97,7 @@ class Tracker:
         self._file = None
         self._last_row: Dict[str, Any] | None = None
         self._summarized = False
+        self._closed = False
 
     def __enter__(self) -> Tracker:
         self._file = open(self.run_dir / METRICS_FILE, "a")
@@ -175,7 +185,14 @@ class Tracker:
     def wandb_dir(self) -> str | None:
         return None if self.wandb_run is None else str(Path(self.wandb_run.dir).parent)
 
+    def close(self) -> None:
+        """End the run's W&B run and metrics file (once; `__exit__` after it does nothing)."""
+        self.__exit__(None, None, None)
+
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if exc is not None and not self._summarized:  # a crash still leaves a summary saying so
             stopped = isinstance(exc, KeyboardInterrupt)
             self.summary({"status": "interrupted" if stopped else "failed",

@@ -1,5 +1,6 @@
-"""Many seeds at once: the stacked computation equals K single models, and a `train.n_seeds=2`
-run writes, per seed, what the two single runs write, with the same numbers."""
+"""Many seeds at once: the stacked computation equals K single models, its optimizer state splits
+into single-model states and back, and a `train.n_seeds=2` run writes, per seed, what the two
+single runs write, with the same numbers."""
 
 import json
 import math
@@ -10,13 +11,16 @@ from conftest import TINY_OVERRIDES, run_train
 from wandb_records import find_run_file, read_run
 
 from tinyinduct import AttnOnlyTransformer, ModelConfig, RunConfig, load_run
-from tinyinduct.multiseed import (
+from tinyinduct.loop import make_optimizer
+from tinyinduct.stack import (
     StackedTransformer,
     clip_grad_norm_per_model_,
+    next_token_loss,
     per_model_loss,
     seed_optimizer_state,
+    select_optimizer_state,
+    stacked_optimizer_state,
 )
-from tinyinduct.train import make_optimizer, next_token_loss
 
 SMALL = dict(n_layers=2, n_heads=3, d_model=24, d_head=5, n_ctx=16, d_vocab=40)
 
@@ -100,6 +104,30 @@ def test_seed_optimizer_state_is_a_single_runs_state():
     torch.testing.assert_close(
         exp_avg, optimizer.state[stacked.shell.get_parameter(names[0])]["exp_avg"][1])
     assert exp_avg.untyped_storage().nbytes() == exp_avg.numel() * 4  # a copy, not a view
+
+
+def test_optimizer_state_splits_restacks_and_selects():
+    cfg = RunConfig()
+    stacked = StackedTransformer(perturbed_models(3))
+    optimizer = make_optimizer(stacked, cfg)
+    per_model_loss(stacked, torch.randint(0, 40, (3, 4, 16))).sum().backward()
+    optimizer.step()
+    full = optimizer.state_dict()
+    again = stacked_optimizer_state([seed_optimizer_state(optimizer, k) for k in range(3)])
+    for i, moments in full["state"].items():
+        for name, t in moments.items():
+            assert torch.equal(again["state"][i][name], t), name
+    kept = select_optimizer_state(optimizer, [2, 0])
+    weights = {n: p.detach().clone() for n, p in stacked.shell.named_parameters()}
+    stacked.keep_models([2, 0])
+    assert stacked.n_models == 2
+    for name, p in stacked.shell.named_parameters():
+        assert torch.equal(p, weights[name][[2, 0]]), name
+    rebuilt = make_optimizer(stacked, cfg)
+    rebuilt.load_state_dict(kept)
+    first = next(iter(full["state"]))
+    assert torch.equal(rebuilt.state_dict()["state"][first]["exp_avg"],
+                       full["state"][first]["exp_avg"][[2, 0]])
 
 
 def read_rows(path):

@@ -1,0 +1,181 @@
+"""K models as one stacked computation: `train.n_seeds = K` seeds trained at once (K = 1 is the
+plain case: every run trains through this module).
+
+Model k is exactly the run `seed + k` would train alone: the same init, data stream, optimizer,
+schedule and evaluation; only the arithmetic is batched. Parameters are stacked on a leading model
+axis (`W_Q: [K, h, d, e]`) under one model's names, so `make_optimizer` groups them unchanged and
+each seed's optimizer state is a slice. Matmuls become batched einsums, attention one SDPA call
+over `K * batch` sequences, the loss a sum of per-model means (each model gets its own gradient;
+unembedding and loss fused in cache-sized chunks), gradient clipping is per model. For evaluation
+and checkpoints each seed's weights are copied into a plain `AttnOnlyTransformer`.
+
+`train_step` is the one training step, shared by the loop and `scripts/bench.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fused_loss import IGNORE, unembed_cross_entropy
+from .model import AttnOnlyTransformer, fused_attention, layer_norm
+
+
+def next_token_targets(tokens: torch.Tensor) -> torch.Tensor:  # [..., pos] -> [..., pos]
+    """`tokens[..., i+1]` at position i; the last position gets `IGNORE` instead of being sliced
+    off the logits, which would copy the largest tensor forward and back."""
+    return torch.cat([tokens[..., 1:], torch.full_like(tokens[..., :1], IGNORE)], dim=-1)
+
+
+def _stacked_norm(ln: nn.Module, x: torch.Tensor) -> torch.Tensor:  # x [K, b, p, d]
+    return layer_norm(x, ln.w[:, None, None], ln.b[:, None, None], ln.eps)
+
+
+class _StackedBlock:
+    """What `AttnOnlyTransformer._attn_inputs` needs of a block (its norm), for stacked weights."""
+
+    def __init__(self, block: nn.Module):
+        self.ln1 = getattr(block, "ln1", None)
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.ln1 is None else _stacked_norm(self.ln1, x)
+
+
+class StackedTransformer(nn.Module):
+    """K `AttnOnlyTransformer`s with one config as one module: `forward(tokens [K, b, p])` returns
+    `[K, b, p, d_vocab]`, model k's logits on its own batch, computed by the same fused path."""
+
+    def __init__(self, models: Sequence[AttnOnlyTransformer]):
+        super().__init__()
+        self.cfg = models[0].cfg
+        self.n_models = len(models)
+        self.shell = copy.deepcopy(models[0])  # one model's module tree and parameter names
+        for name, _ in models[0].named_parameters():
+            owner, _, leaf = name.rpartition(".")
+            stacked = torch.stack([m.get_parameter(name).detach() for m in models])
+            setattr(self.shell.get_submodule(owner), leaf, nn.Parameter(stacked))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [K, b, p] -> [K, b, p, d_vocab]
+        u = self.shell.unembed
+        return torch.baddbmm(u.b_U[:, None], self.final_residual(tokens).flatten(1, 2),
+                             u.W_U).view(*tokens.shape, -1)
+
+    def final_residual(self, tokens: torch.Tensor) -> torch.Tensor:  # -> [K, b, p, d_model]
+        m, cfg = self.shell, self.cfg
+        shortformer = cfg.positional == "shortformer"
+        n_models, d_vocab = tokens.shape[0], m.embed.W_E.shape[1]
+        offset = torch.arange(n_models, device=tokens.device)[:, None, None] * d_vocab
+        # F.embedding, not W_E[k, tokens]: its backward sums rows in a fixed order on any number
+        # of threads, where advanced indexing accumulates in parallel (bits vary run to run)
+        embed = F.embedding(tokens + offset, m.embed.W_E.flatten(0, 1))  # [K, b, p, d]
+        pos = m.pos_embed.W_pos[:, None, : tokens.shape[-1]]  # [K, 1, p, d]
+        resid = embed if shortformer else embed + pos
+        direct, blocked = resid, set(cfg.blocked_composition)
+        for layer, block in enumerate(m.blocks):
+            inputs = AttnOnlyTransformer._attn_inputs(
+                _StackedBlock(block), resid, direct, pos, shortformer,
+                blocked if layer > 0 else set())
+            a = block.attn
+            biases = (a.b_Q, a.b_K, a.b_V, a.b_O) if a.attn_bias else None
+            resid = resid + fused_attention(inputs, (a.W_Q, a.W_K, a.W_V, a.W_O), biases, a.scale)
+        if hasattr(m, "ln_final"):
+            resid = _stacked_norm(m.ln_final, resid)
+        return resid
+
+    @torch.no_grad()
+    def copy_to(self, k: int, model: AttnOnlyTransformer) -> AttnOnlyTransformer:
+        """Write model k's weights into a plain `model` (for evaluation and checkpoints)."""
+        for name, p in model.named_parameters():
+            p.copy_(self.shell.get_parameter(name)[k])
+        return model
+
+    @torch.no_grad()
+    def copy_from(self, k: int, model: AttnOnlyTransformer) -> None:
+        """Write a plain `model`'s weights into slot k (a resumed seed)."""
+        for name, p in model.named_parameters():
+            self.shell.get_parameter(name)[k].copy_(p)
+
+    @torch.no_grad()
+    def keep_models(self, keep: Sequence[int]) -> None:
+        """Keep only the models `keep` (in that order), as new parameters: the others stop
+        costing compute. The optimizer must be rebuilt around the new parameters."""
+        index = torch.tensor(list(keep), device=self.shell.embed.W_E.device)
+        for name, p in list(self.shell.named_parameters()):
+            owner, _, leaf = name.rpartition(".")
+            setattr(self.shell.get_submodule(owner), leaf,
+                    nn.Parameter(p.detach().index_select(0, index)))
+        self.n_models = len(keep)
+
+
+def per_model_loss(model: StackedTransformer, tokens: torch.Tensor) -> torch.Tensor:  # [K]
+    """Each model's mean next-token cross-entropy on its own batch `tokens[k]`. The stacked
+    logits would be K times the largest tensor of a single step, so the unembedding and the loss
+    are fused over cache-sized chunks (`fused_loss`)."""
+    u = model.shell.unembed
+    per_row = unembed_cross_entropy(model.final_residual(tokens).flatten(1, 2), u.W_U, u.b_U,
+                                    next_token_targets(tokens).flatten(1))
+    return per_row.sum(1) / (tokens.shape[1] * (tokens.shape[2] - 1))
+
+
+@torch.no_grad()
+def clip_grad_norm_per_model_(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` applied to each model (slice k of every gradient) on its
+    own: one model's large gradient never scales another's. Returns the norms `[K]`."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *(1,) * (g.dim() - 1)))
+    return norms
+
+
+def train_step(model: StackedTransformer, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, tokens: torch.Tensor,
+               grad_clip: float) -> torch.Tensor:  # tokens [K, b, p] -> losses [K], detached
+    """One optimizer step of every model on its own batch: loss, backward, per-model clipping,
+    AdamW, schedule. No host sync."""
+    losses = per_model_loss(model, tokens)
+    optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    if grad_clip > 0:
+        clip_grad_norm_per_model_(list(model.parameters()), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return losses.detach()
+
+
+def seed_optimizer_state(optimizer: torch.optim.Optimizer, k: int) -> Dict[str, Any]:
+    """Model k's AdamW state, shaped as a single model's `optimizer.state_dict()` (cloned
+    slices, so a checkpoint does not carry the other models' moments)."""
+    full = optimizer.state_dict()
+    state = {i: {name: (t[k].clone() if t.dim() > 0 else t.clone()) for name, t in s.items()}
+             for i, s in full["state"].items()}
+    return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+
+
+def stacked_optimizer_state(states: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The inverse of `seed_optimizer_state`: K single-model states as one stacked state (the
+    scalar step counts are the same for every model)."""
+    first = states[0]
+    state = {i: {name: (torch.stack([s["state"][i][name] for s in states]) if t.dim() > 0
+                        else t.clone()) for name, t in per_param.items()}
+             for i, per_param in first["state"].items()}
+    return {"state": state, "param_groups": copy.deepcopy(first["param_groups"])}
+
+
+def select_optimizer_state(optimizer: torch.optim.Optimizer,
+                           keep: Sequence[int]) -> Dict[str, Any]:
+    """The stacked state of models `keep` only (for the optimizer rebuilt after
+    `StackedTransformer.keep_models`)."""
+    return stacked_optimizer_state([seed_optimizer_state(optimizer, k) for k in keep])
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting `tokens[:, i+1]` at position i from one model's
+    `logits [b, p, V]` (what `per_model_loss` computes without the logits; for comparisons)."""
+    return F.cross_entropy(logits.flatten(0, -2), next_token_targets(tokens).flatten(),
+                           ignore_index=IGNORE)
