@@ -166,3 +166,56 @@ def test_same_seed_same_rows_twice(reference, tmp_path):
     proc = run_train(again, *RUN)
     assert proc.returncode == 0, proc.stderr
     assert_same_run(again, reference)
+
+
+# --- the same guarantees for several seeds trained at once ---
+
+TWO = [*RUN, "train.n_seeds=2"]
+
+
+@pytest.fixture(scope="module")
+def reference_two(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference_two") / "run"
+    proc = run_train(run_dir, *TWO)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def test_two_seeds_ctrl_c_then_resume_equals_the_run_never_stopped(reference_two, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *TWO)
+    wait_for_step(proc, run_dir / "seed1", 50)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    top = json.loads((run_dir / "summary.json").read_text())
+    assert top["status"] == "interrupted" and top["exit_code"] == 130
+    stopped = top["last_step"]
+    for seed in (0, 1):
+        summary = json.loads((run_dir / f"seed{seed}" / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["last_step"] == stopped
+        assert checkpoint(run_dir / f"seed{seed}")["step"] == stopped
+
+    command = re.search(r"Resume with: (.+)", err).group(1)
+    argv = shlex.split(command)
+    resumed = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True,
+                             timeout=300, env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert resumed.returncode == 0, resumed.stderr
+    for seed in (0, 1):
+        assert_same_run(run_dir / f"seed{seed}", reference_two / f"seed{seed}")
+        first, second = wandb_runs(run_dir / f"seed{seed}")  # each seed's W&B run continued
+        assert first["run"].run_id == second["run"].run_id
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_two_seeds_kill_9_then_resume_equals_the_run_never_stopped(reference_two, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *TWO, "train.checkpoint_every=10")
+    wait_for_step(proc, run_dir / "seed1", 100)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    resumed = run_train(run_dir, *TWO, "train.checkpoint_every=10", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    for seed in (0, 1):
+        assert_same_run(run_dir / f"seed{seed}", reference_two / f"seed{seed}")

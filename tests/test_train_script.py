@@ -61,8 +61,7 @@ def test_summary_config_and_checkpoint(tiny_run):
     assert run.summary["steps"] == 60
     # the saved weights reproduce the logged final evaluation
     from tinyinduct.data import make_probe
-    from tinyinduct.evaluate import evaluate
-    from tinyinduct.evaluate import PROBE_SEED
+    from tinyinduct.evaluate import PROBE_SEED, evaluate
     probe = make_probe(run.config.data, PROBE_SEED)
     row = evaluate(run.model, probe, probe)
     assert row["eval/loss"] == pytest.approx(run.metrics[-1]["eval/loss"], rel=1e-5)

@@ -3,9 +3,9 @@
 from . import _clock  # noqa: F401  (first: starts the wall clock before torch loads)
 from .config import ConfigError, ModelConfig, RunConfig
 from .interop import from_transformer_lens, to_transformer_lens
+from .loop import train
 from .model import AttnOnlyTransformer
 from .runs import Run, load_run
-from .loop import train
 
 __all__ = ["AttnOnlyTransformer", "ConfigError", "ModelConfig", "Run", "RunConfig", "load_run",
            "train", "to_transformer_lens", "from_transformer_lens"]

@@ -80,9 +80,9 @@ def attribute_from_checkpoint(run_dir: Path) -> str | None:
     """The run's mechanism verdict, for runs whose summary predates mechanism attribution:
     `mechanism_attribution` of the final checkpoint on the probe every run is scored on."""
     from .data import make_probe
+    from .evaluate import PROBE_SEED
     from .metrics import mechanism_attribution
     from .runs import load_run
-    from .evaluate import PROBE_SEED
 
     try:
         run = load_run(run_dir)
