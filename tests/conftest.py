@@ -1,9 +1,12 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tinyinduct.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
@@ -40,3 +43,24 @@ def run_train(run_dir: Path, *overrides: str, timeout: float = 300) -> subproces
     cmd = [sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(),
                           cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def start_train(run_dir, *overrides):
+    cmd = [sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group, as in a terminal
+
+
+def wait_for_step(proc, run_dir, step, timeout=180):
+    """Poll metrics.jsonl until a row at `step` or later is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        if rows and rows[-1]["step"] >= step:
+            return rows
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before step {step}: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no row at step {step} within {timeout} s")

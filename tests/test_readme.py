@@ -2,8 +2,11 @@
 (tiny) run, and every shell command in it is run by a test or by CI."""
 
 import dataclasses
+import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +81,8 @@ def ci_commands() -> set:
 def how_exercised(command: str) -> str | None:
     if command in EXERCISED_ELSEWHERE:
         return EXERCISED_ELSEWHERE[command]
-    if " resume=" in command:
-        return "test_resume.py: the resume command an interrupted run prints, run as printed"
-    if "+experiment=composition_sweep" in command:
-        return "test_sweep.py: the experiment's multirun (grid narrowed to two tiny runs)"
+    if " resume=" in command or "+experiment=" in command:
+        return "test_readme_sweep_resume_and_compare_commands_run"
     if command.startswith(TRAIN_COMMANDS):
         return "test_readme_train_commands_run"
     if command.startswith("wandb sync"):
@@ -89,7 +90,7 @@ def how_exercised(command: str) -> str | None:
     if command in ("python -m tinyinduct", "python -m tinyinduct --help"):
         return "test_module_prints_where_to_start"
     if command.startswith("python scripts/compare.py"):
-        return "test_sweep.py::test_compare_reports_finished_failed_and_unfinished_runs"
+        return "test_readme_sweep_resume_and_compare_commands_run"
     if command.startswith("python scripts/bench.py") and "cuda" not in command:
         return "test_bench.py::test_readme_bench_commands_run_in_quick_mode"
     if command == "pip install .":
@@ -283,6 +284,7 @@ def test_readme_train_commands_run(tmp_path):
     """Every training command in the README, as written, shrunk by the tiny overrides."""
     commands = [c for c in shell_commands() if c.startswith(TRAIN_COMMANDS)
                 and how_exercised(c) == "test_readme_train_commands_run"]
+    assert not any(" resume=" in c or "+experiment=" in c for c in commands)
     assert len(commands) >= 3
     for i, command in enumerate(commands):
         words = shlex.split(command)
@@ -328,3 +330,77 @@ def test_pip_install_dot_ships_configs_and_the_console_script(tmp_path):
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert train.returncode == 0, train.stderr
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+# A sweep command runs as written, shrunk: tiny sizes, 20 steps, one seed of one condition.
+NARROW = {"seed": "0", "model.positional": "standard", "model.blocked_composition": "[]",
+          "train.n_seeds": "1", "train.steps": "20"}
+
+
+def overrides_of(command: str) -> tuple:
+    """(program words, {key: value} overrides, other words) of a README train command."""
+    words = shlex.split(command)
+    program = words[:2] if words[0] == "python" else words[:1]
+    pairs, other = {}, []
+    for word in words[len(program):]:
+        if "=" in word and not word.startswith("-"):
+            key, value = word.split("=", 1)
+            pairs[key] = value
+        else:
+            other.append(word)
+    return program, pairs, other
+
+
+def train_argv(pairs: dict, other: list) -> list:
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), *other,
+            *(f"{k}={v}" for k, v in pairs.items())]
+
+
+def run_ok(argv: list, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=child_env(),
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"{argv}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_readme_sweep_resume_and_compare_commands_run(tmp_path):
+    """The README's sweep commands (each shrunk to one tiny run of its grid), its resume commands
+    (continuing a real run interrupted by Ctrl-C, with that command's own arguments) and its
+    compare.py commands (on a sweep the first command made), run for real."""
+    from conftest import start_train, wait_for_step
+
+    commands = [c for c in shell_commands()
+                if how_exercised(c) == "test_readme_sweep_resume_and_compare_commands_run"]
+    sweeps = [c for c in commands if "+experiment=" in c]
+    resumes = [c for c in commands if " resume=" in c]
+    compares = [c for c in commands if c.startswith("python scripts/compare.py")]
+    assert sweeps and resumes and compares
+    tiny = dict(o.split("=", 1) for o in TINY_OVERRIDES)
+    made = []
+    for i, command in enumerate(sweeps):
+        _, pairs, other = overrides_of(command)
+        sweep_dir = tmp_path / f"sweep{i}"
+        pairs.update({**tiny, **NARROW, "hydra.sweep.dir": str(sweep_dir)})
+        run_ok(train_argv(pairs, other), tmp_path)
+        assert list(sweep_dir.rglob("summary.json")), command
+        made.append(sweep_dir)
+    for i, command in enumerate(resumes):
+        _, pairs, other = overrides_of(command)
+        run_dir = tmp_path / f"resume{i}"
+        pairs.pop("resume")
+        pairs.update({**tiny, "train.steps": "400", "train.eval_every": "20"})
+        proc = start_train(run_dir, *other, *(f"{k}={v}" for k, v in pairs.items()))
+        wait_for_step(proc, run_dir, 20)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=180)
+        assert proc.returncode == 130
+        run_ok(train_argv({**pairs, "resume": str(run_dir)}, other), tmp_path)
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    for i, command in enumerate(compares):
+        words = shlex.split(command)
+        words[2] = str(made[0])
+        words = [str(tmp_path / f"compare{i}.png") if w.endswith(".png") else w for w in words]
+        proc = run_ok([sys.executable, str(ROOT / "scripts" / "compare.py"), *words[2:]],
+                      tmp_path)
+        assert "standard" in proc.stdout, command

@@ -10,11 +10,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, TRAIN_SCRIPT, child_env, run_train
+from conftest import ROOT, TINY_OVERRIDES, child_env, run_train, start_train, wait_for_step
 from wandb_records import read_run
 
 from tinyinduct.tracking import read_metrics
@@ -30,27 +29,6 @@ def comparable(rows):
     """Rows without their timing fields (the only thing allowed to differ between runs)."""
     return [{k: v for k, v in r.items() if "seconds" not in k and not k.startswith("time/")}
             for r in rows]
-
-
-def start_train(run_dir, *overrides):
-    cmd = [sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)  # its own process group, as in a terminal
-
-
-def wait_for_step(proc, run_dir, step, timeout=180):
-    """Poll metrics.jsonl until a row at `step` or later is there."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = read_metrics(run_dir / "metrics.jsonl")
-        if rows and rows[-1]["step"] >= step:
-            return rows
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before step {step}: {proc.communicate()}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"no row at step {step} within {timeout} s")
 
 
 def wandb_runs(run_dir):
