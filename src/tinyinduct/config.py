@@ -87,6 +87,9 @@ class TrainConfig:
     # Stop a seed this many steps after it first meets both formation criteria (at the next
     # evaluation); None trains every seed for train.steps.
     stop_after_formed: int | None = None
+    # When to keep the model's weights (record/snapshots/): auto | every_eval | every:N | log:N
+    # | ends, or several joined with + (snapshots.py); step 0 and the last step always.
+    snapshots: str = "auto"
 
 
 @dataclass
@@ -182,6 +185,10 @@ def validate_run_config(cfg: RunConfig) -> None:
     _positive("train", t, "steps", "eval_every", "checkpoint_every", "n_seeds")
     _check(t.stop_after_formed is None or t.stop_after_formed >= 0, "train.stop_after_formed",
            t.stop_after_formed, "a number of steps >= 0, or null (never stop early)")
+    from .snapshots import SCHEDULE_FORMS, schedule_problem
+
+    _check(schedule_problem(t.snapshots) is None, "train.snapshots", t.snapshots,
+           f"allowed: {SCHEDULE_FORMS}")
     _check(0 < t.induction_threshold <= 1, "train.induction_threshold", t.induction_threshold,
            "must be in (0, 1]")
     _check(t.loss_ratio_threshold > 0, "train.loss_ratio_threshold", t.loss_ratio_threshold,

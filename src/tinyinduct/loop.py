@@ -33,6 +33,7 @@ from .model import AttnOnlyTransformer
 from .phase import formed_at, phase_change_row
 from .resume import ResumePoint, cut_metrics, load_resume_point, training_state
 from .runs import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, save_checkpoint
+from .snapshots import SnapshotSchedule, drop_snapshots_after, save_snapshot
 from .stack import (
     StackedTransformer,
     seed_optimizer_state,
@@ -160,6 +161,7 @@ class Loop:
         self.show = cfg.logger.progress if progress is None else progress
         self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
         self.eval_seconds = 0.0
+        self.schedule = SnapshotSchedule(cfg.train.snapshots, cfg.train.steps)
         self.seeds: List[SeedRun] = []
         ended: List[SeedRun] = []
         for k in range(cfg.train.n_seeds):
@@ -208,6 +210,7 @@ class Loop:
             p.restore_generators(s.data)
             self.loss_sum[k] = p.state["loss_sum"].to(self.device).reshape(())
             s.rows = cut_metrics(s.dir, p.step)
+            drop_snapshots_after(s.dir, p.step)
             s.saved_step = s.last_step = p.step
         self.optimizer.load_state_dict(stacked_optimizer_state([p.state["optimizer"]
                                                                 for p in points]))
@@ -229,6 +232,8 @@ class Loop:
         row.update(phase_change_row(s.rows + [row], self.cfg.train.induction_threshold))
         s.tracker.log(row)
         s.rows.append(row)
+        if self.schedule.at_step(step) or self.schedule.at_evaluation(s.rows):
+            save_snapshot(s.dir, step, s.model)  # s.model holds this step's weights
         self.eval_seconds += time.perf_counter() - t0
         return row
 
@@ -261,6 +266,8 @@ class Loop:
         s.last_step = step
         if s.error is None:
             s.error = self.checkpoint(k, s, step)  # the end, where it stopped, or a signal
+        if s.error is None:  # the last step's weights are always in the record
+            save_snapshot(s.dir, step, s.model)
         interrupted = (s.error is None and s.stop_reason is None and stop.requested
                        and step < self.cfg.train.steps)
         summary = summarize(s.rows, s.cfg)
@@ -343,6 +350,9 @@ class Loop:
                 self.guard.observe(step, losses)
                 self.steps_since_eval += 1
                 bar.update(1)
+                if self.schedule.at_step(step) and step % t.eval_every and step != t.steps:
+                    for k, s in enumerate(self.seeds):  # at evaluations, log_eval saves them
+                        save_snapshot(s.dir, step, self.stacked.copy_to(k, s.model))
                 if step % t.eval_every == 0 or step == t.steps:
                     self.evaluate_all(step, bar)
                 if step % t.checkpoint_every == 0 and step != t.steps:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
 from .config import RunConfig, run_config_from_dict, to_dict
 from .model import AttnOnlyTransformer
+from .snapshots import load_snapshot, snapshot_steps
 from .tracking import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 CONFIG_FILE = "config.yaml"
@@ -42,7 +43,8 @@ def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer: torch.op
 
 @dataclass
 class Run:
-    """A run directory read back: the trained model, its config, every metrics row, the summary."""
+    """A run directory read back: the trained model, its config, every metrics row, the summary,
+    and its development record (the model at every saved step)."""
 
     model: AttnOnlyTransformer
     config: RunConfig
@@ -50,6 +52,26 @@ class Run:
     summary: Dict[str, Any]
     run_dir: Path
     step: int
+
+    @property
+    def snapshot_steps(self) -> List[int]:
+        """The steps whose weights the run kept (`train.snapshots`), sorted."""
+        return snapshot_steps(self.run_dir)
+
+    def model_at(self, step: int) -> AttnOnlyTransformer:
+        """The model exactly as it was after `step` (bit for bit); ValueError naming the nearest
+        saved steps if that step has no snapshot."""
+        model = AttnOnlyTransformer(self.config.model)
+        model.load_state_dict(load_snapshot(self.run_dir, step))
+        return model.eval()
+
+    def replay(self, fn: Callable[[AttnOnlyTransformer, int], Dict[str, Any]] | None = None,
+               steps: Sequence[int] | None = None) -> List[Dict[str, Any]]:
+        """Metrics rows recomputed from the snapshots (`replay.replay`): by default the run's own
+        evaluation (equal to the logged rows at those steps), or `fn(model, step) -> dict`."""
+        from .replay import replay
+
+        return replay(self, fn, steps)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = LAST_CHECKPOINT,
