@@ -146,3 +146,30 @@ def test_one_seed_going_non_finite_stops_alone_while_the_other_trains_on(tmp_pat
     assert bad["last_step"] == 30
     assert [r["step"] for r in read_metrics(tmp_path / "both" / "seed4" / "metrics.jsonl")] \
         == [0, 20]
+
+
+def test_disk_full_ends_in_one_line_and_a_summary(tmp_path):
+    """A file-size limit stands in for a full disk: the first checkpoint cannot be written."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TRAIN_SCRIPT, child_env
+
+    run_dir = tmp_path / "full"
+    limit = 60_000  # bytes: metrics and summary fit, a checkpoint does not
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}", *TINY_OVERRIDES,
+         "logger.mode=disabled"], capture_output=True, text=True, env=child_env(), cwd=ROOT,
+        timeout=300, preexec_fn=small_files, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "File too large writing" in line and "checkpoints/last.pt" in line
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "File too large" in summary["error"]
+    assert not list(run_dir.rglob("*.tmp"))  # nothing half-written left behind

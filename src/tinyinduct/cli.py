@@ -23,7 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 from ._clock import IMPORT_START
 from .config import ConfigError, RunConfig
 from .hydra_errors import config_composed, describe, run_with_one_line_errors
+from .interrupt import catch_early_signals
 from .resources import config_dir
+from .rundir import RunFault
 from .sweeps import label_sweep_run
 
 CONFIG_DIR = config_dir()
@@ -64,6 +66,9 @@ def app(cfg: DictConfig) -> dict:
         # a resumed run writes into the run it continues (and keeps that run's config.yaml)
         run_dir = Path(run_cfg.resume or HydraConfig.get().runtime.output_dir)
         summary = train(run_cfg, run_dir)
+    except RunFault as err:
+        print(f"error: run failed: {err}", file=sys.stderr)
+        sys.exit(1)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -100,5 +105,6 @@ def _run_dir_follows_resume(argv: list) -> None:
 
 def main() -> None:
     """`python scripts/train.py ...` / `tinyinduct-train ...`: Hydra overrides from sys.argv."""
+    catch_early_signals()
     _run_dir_follows_resume(sys.argv)
     run_with_one_line_errors(app)

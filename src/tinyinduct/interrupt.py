@@ -9,6 +9,26 @@ import sys
 import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_EARLY: list = []  # a stop signal that arrived before the loop installed its handlers
+
+
+def catch_early_signals() -> None:
+    """From process start (the command-line entry point calls this first): remember a SIGINT or
+    SIGTERM that arrives while torch loads, so the run stops right after it starts, with a
+    summary and a checkpoint, instead of dying silently."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def remember(signum: int, frame) -> None:
+        if _EARLY:  # asked twice: stop now, the default way
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        _EARLY.append(signum)
+        print(f"\n{signal.Signals(signum).name} received while starting: the run will stop "
+              "after its first checkpoint.", file=sys.stderr, flush=True)
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, remember)
 
 
 class StopSignals:
@@ -50,6 +70,8 @@ class StopSignals:
         # Python only lets the main thread install handlers; elsewhere the caller's stay in place.
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        if _EARLY:
+            self.signum = _EARLY.pop()
         return self
 
     def __exit__(self, *exc) -> None:

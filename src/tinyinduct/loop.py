@@ -32,6 +32,7 @@ from .metrics import best_induction_head
 from .model import AttnOnlyTransformer
 from .phase import formed_at, phase_change_row
 from .resume import ResumePoint, cut_metrics, load_resume_point, training_state
+from .rundir import RunFault, claim, out_of_memory
 from .runs import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, save_checkpoint
 from .snapshots import SnapshotSchedule, drop_snapshots_after, save_snapshot
 from .stack import (
@@ -451,4 +452,20 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
     while the others train on. `summary["exit_code"]` is what a command line should exit with.
     """
     validate_run_config(cfg)
-    return Loop(cfg, Path(run_dir), progress).run()
+    lock = claim(Path(run_dir), resuming=bool(cfg.resume))  # refused: RunDirError, nothing built
+    try:
+        return Loop(cfg, Path(run_dir), progress).run()
+    except (OSError, MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not out_of_memory(err):
+            raise  # a bug, not the machine: keep its traceback
+        fault = RunFault(err, Path(run_dir))
+        if cfg.train.n_seeds > 1:  # each seed's tracker wrote its own; the job's too, if it can
+            try:
+                write_json_atomic(Path(run_dir) / SUMMARY_FILE, {
+                    "status": "failed", "exit_code": 1, "error": str(fault)})
+            except OSError:
+                pass
+        raise fault from err
+    finally:
+        lock.close()
+

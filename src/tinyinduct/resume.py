@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from .atomic import write_text_atomic
 from .config import ConfigError, RunConfig, to_dict
 from .data import RepeatedSegmentData
 from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state
@@ -130,7 +130,5 @@ def cut_metrics(run_dir: Path, step: int) -> List[Dict[str, Any]]:
     left a torn last line), rewriting the file atomically; return them (null read back as NaN)."""
     path = Path(run_dir) / METRICS_FILE
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return [{k: math.nan if v is None else v for k, v in r.items()} for r in rows]

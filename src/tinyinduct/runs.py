@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
+from .atomic import write_atomic
 from .config import RunConfig, run_config_from_dict, to_dict
 from .model import AttnOnlyTransformer
 from .snapshots import load_snapshot, snapshot_steps
@@ -21,10 +21,7 @@ LAST_CHECKPOINT = "last.pt"
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """`torch.save` to a temp file, then rename: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

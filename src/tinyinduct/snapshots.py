@@ -15,11 +15,11 @@ Schedules (joined with `+`, e.g. `log:20+every:500`):
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Set
+
+from .atomic import write_atomic
 
 if TYPE_CHECKING:  # torch is imported where it is used: config validation imports this module
     import torch
@@ -96,15 +96,7 @@ def save_snapshot(run_dir: Path, step: int, model: torch.nn.Module) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.cpu()
              for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"step": step, "model": state}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: torch.save({"step": step, "model": state}, f))
 
 
 def snapshot_steps(run_dir: Path) -> List[int]:

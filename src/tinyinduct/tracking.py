@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .atomic import write_text_atomic
 from .config import COMPOSITION_INPUTS, RunConfig, to_dict
 
 METRICS_FILE = "metrics.jsonl"
@@ -29,9 +30,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({k: _jsonable(v) for k, v in data.items()}, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({k: _jsonable(v) for k, v in data.items()}, indent=2)
+                      + "\n")
 
 
 def read_summary(run_dir: Path) -> Dict[str, Any] | None:
