@@ -27,9 +27,17 @@ class Batch:
     tokens: torch.Tensor  # [batch, pos] int64
     first_copy: torch.Tensor  # [batch, pos] bool
     second_copy: torch.Tensor  # [batch, pos] bool (the induction-predictable positions)
+    # (min, max) copy length training uses, for a probe: its sequences in that range are the
+    # in-distribution ones
+    train_copy_lengths: tuple | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+    @property
+    def copy_lengths(self) -> torch.Tensor:  # [batch] int64
+        """Each sequence's segment length (its second copy's predictable positions, plus one)."""
+        return self.second_copy.sum(1) + 1
 
     @staticmethod
     def cat(batches: Sequence[Batch]) -> Batch:
@@ -138,7 +146,9 @@ def make_probe(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -
     uniform = RepeatedSegmentData(
         DataConfig(**{**cfg.__dict__, "kind": "uniform"}), seed=seed + 1, device=device)
     parts.append(uniform.sample(cfg.eval_batch_size - per_length * len(lengths)))
-    return Batch.cat(parts)
+    probe = Batch.cat(parts)
+    probe.train_copy_lengths = (cfg.min_copy_len, cfg.max_copy_len)
+    return probe
 
 
 def induction_sources(tokens: torch.Tensor) -> torch.Tensor:  # [batch, pos] -> [batch, pos]

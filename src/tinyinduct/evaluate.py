@@ -11,7 +11,7 @@ import torch
 
 from .composition import composition_table, weight_scores
 from .config import RunConfig
-from .data import Batch, RepeatedSegmentData, make_probe
+from .data import Batch, RepeatedSegmentData, make_probe, probe_lengths
 from .metrics import (
     attribution_row,
     composition_partners,
@@ -62,19 +62,58 @@ def picture_index(probe: Batch) -> int:
     return int(probe.second_copy.sum(1).argmax())
 
 
+def in_distribution(probe: Batch) -> torch.Tensor:  # [batch] bool
+    """The probe sequences whose copy length is one training shows (all of them for a batch that
+    does not say): the headline head scores average over these, as a head trained on copies of
+    16-31 tokens is not expected to generalise to 7."""
+    lengths = probe.copy_lengths
+    if probe.train_copy_lengths is None:
+        return torch.ones_like(lengths, dtype=torch.bool)
+    low, high = probe.train_copy_lengths
+    inside = (lengths >= low) & (lengths <= high)
+    return inside if bool(inside.any()) else torch.ones_like(inside)
+
+
+def scores_by_length(cache, probe: Batch, n_layers: int) -> Dict[str, float]:
+    """`heads/induction_len{L}/L{l}H{h}`: the induction score on the probe's copies of each
+    length L, in and out of the training range."""
+    row: Dict[str, float] = {}
+    lengths = probe.copy_lengths
+    for length in probe_lengths(probe.tokens.shape[1]):
+        pick = lengths == length
+        if not bool(pick.any()):
+            continue
+        scores = head_scores(_rows_of(cache, pick, n_layers), probe.tokens[pick],
+                             probe.second_copy[pick])
+        row.update({k.replace("heads/induction/", f"heads/induction_len{length}/"): v
+                    for k, v in scores.items() if k.startswith("heads/induction/")})
+    return row
+
+
+def _rows_of(cache, pick: torch.Tensor, n_layers: int) -> Dict[str, torch.Tensor]:
+    """The attention patterns of the chosen probe sequences."""
+    keys = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    return {k: cache[k][pick] for k in keys}
+
+
 @torch.no_grad()
 def evaluate(model: AttnOnlyTransformer, probe: Batch, train_batch: Batch,
              patterns: List[torch.Tensor] | None = None) -> Dict[str, float]:
     """Losses by copy on the probe (`eval/`) and on a fixed training-distribution batch
     (`train_dist/`, with the in-context learning score `icl/score`), every head's scores on the
-    probe (`heads/`), K/Q mechanism attribution (`mechanism/`), composition and copying scores of
-    the weights (`comp/`, `heads/copying/`). A list passed as `patterns` receives the attention
-    patterns `[layer, head, q, k]` of the picture sequence of the probe."""
+    probe's copies of training lengths (`heads/`) and on each probe length
+    (`heads/induction_len{L}/`), K/Q mechanism attribution (`mechanism/`), composition and
+    copying scores of the weights (`comp/`, `heads/copying/`). A list passed as `patterns`
+    receives the attention patterns `[layer, head, q, k]` of the picture sequence of the probe."""
     was_training = model.training
     model.eval()
     logits, cache = model.run_with_cache(probe.tokens)
     row = copy_losses(logits, probe, "eval")
-    row.update(head_scores(cache, probe.tokens, probe.second_copy))
+    n_layers = model.cfg.n_layers
+    pick = in_distribution(probe)
+    row.update(head_scores(_rows_of(cache, pick, n_layers), probe.tokens[pick],
+                           probe.second_copy[pick]))
+    row.update(scores_by_length(cache, probe, n_layers))
     row.update(attribution_row(mechanism_attribution(model, probe.tokens, cache)))
     row.update(weight_scores(model))
     if patterns is not None:
