@@ -145,6 +145,9 @@ def test_survival_table_of_a_mixed_sweep():
         f"{q_only}: seed1: not formed by its budget (step 8,000); seed2: not formed by its "
         "budget (step 6,000); seed3: interrupted at step 2,000; seed4: excluded, failed after "
         "step 20: nan"]
+    records.append(run(q_only, "seed5", budget=8000, last=8000))
+    assert "seed1, seed5: not formed by its budget (step 8,000)" in censoring_lines(
+        survival_table(records))[0]
 
 
 def test_k_vs_q_pairs_pair_each_positional_mode_and_stratify_over_both():

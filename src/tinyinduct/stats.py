@@ -329,8 +329,12 @@ def censoring_lines(table: dict) -> list:
     """Every censored or excluded run, named, with its reason, one line per condition."""
     lines = []
     for c in table["conditions"]:
-        parts = [f"{r['run']}: {r['reason']}" for r in c["censored"]]
-        parts += [f"{r['run']}: excluded, {r['reason']}" for r in c["excluded"]]
+        by_reason: dict = {}
+        for r in c["censored"]:
+            by_reason.setdefault(r["reason"], []).append(r["run"])
+        for r in c["excluded"]:
+            by_reason.setdefault(f"excluded, {r['reason']}", []).append(r["run"])
+        parts = [f"{', '.join(runs)}: {reason}" for reason, runs in by_reason.items()]
         if parts:
             lines.append(f"{c['condition']}: " + "; ".join(parts))
     return lines
