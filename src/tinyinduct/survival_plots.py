@@ -9,17 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown",
-          "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+from .sweep_plots import COLORS
+from .sweep_plots import _split_label as _style_keys  # (positional mode, the rest)
+
 LINESTYLES = ("-", "--", ":", "-.")
-
-
-def _style_keys(label: str) -> tuple:
-    """"positional=standard, blocked=K" -> ("standard", "blocked=K"): line style, colour."""
-    parts = label.split(", ")
-    mode = next((p.split("=", 1)[1] for p in parts if p.startswith("positional=")), "")
-    rest = ", ".join(p for p in parts if not p.startswith("positional="))
-    return mode, rest or label
 
 
 def _steps_curve(curve: dict, key: str, end: float) -> tuple:
