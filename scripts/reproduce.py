@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -119,9 +120,13 @@ def default_runs(ctx: Context) -> dict:
         run_dir = ctx.runs / f"seed{seed}"
         seconds = None
         if ctx.train:
+            log = ctx.runs / f"seed{seed}.log"
             seconds = run_train([f"seed={seed}", f"hydra.run.dir={run_dir}",
-                                 *(QUICK if ctx.quick else [])], ctx.runs / f"seed{seed}.log")
+                                 *(QUICK if ctx.quick else [])], log)
             total += seconds
+            # the app's own "Whole process: X s." (from its first import), as the README quotes
+            printed = re.findall(r"^Whole process: ([\d.]+) s\.$", log.read_text(), flags=re.M)
+            seconds = float(printed[-1]) if printed else seconds
         s = json.loads((run_dir / "summary.json").read_text())
         rows.append({"seed": seed, "status": s.get("status"), "head": s["best_induction_head"],
                      "score": s["best_induction_score"], "formed": s["induction_formed"],
