@@ -89,6 +89,8 @@ def how_exercised(command: str) -> str | None:
         return "test_wandb.py: the README's sync paths glob to a real run's W&B folder"
     if command in ("python -m tinyinduct", "python -m tinyinduct --help"):
         return "test_module_prints_where_to_start"
+    if command.startswith("python scripts/reproduce.py"):
+        return "test_reproduce.py: --quick end to end (every part), --check, --from-results"
     if command.startswith("python scripts/compare.py"):
         return "test_readme_sweep_resume_and_compare_commands_run"
     if command.startswith("python scripts/bench.py") and "cuda" not in command:

@@ -21,8 +21,10 @@ def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def multirun(sweep_dir, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    # one seed per job (the experiment stacks 8): these tests read one run per job folder
     return run_script(str(TRAIN_SCRIPT), "-m", "+experiment=composition_sweep",
-                      f"hydra.sweep.dir={sweep_dir}", *TINY_OVERRIDES, *overrides,
+                      f"hydra.sweep.dir={sweep_dir}", *TINY_OVERRIDES, "train.n_seeds=1",
+                      *overrides,
                       timeout=timeout)
 
 
@@ -44,7 +46,7 @@ def test_multirun_writes_one_finished_run_per_condition(sweep):
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 60
-        assert config["seed"] == 0 and config["train"]["steps"] == 60  # the override beat 4000
+        assert config["seed"] == 0 and config["train"]["steps"] == 60  # the override beat 12000
         blocked.append(config["model"]["blocked_composition"])
     assert blocked == [[], ["K"]]
 
