@@ -40,3 +40,17 @@ def run_train(run_dir: Path, *overrides: str, timeout: float = 300) -> subproces
     cmd = [sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(),
                           cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def recorded_sweep(tmp_path_factory):
+    """Real tiny runs that kept their attention record, laid out as a sweep (see
+    `record_runs.recorded_runs`): `(sweep_dir, {name: run_dir})`."""
+    from record_runs import recorded_runs
+
+    base = tmp_path_factory.mktemp("recorded") / "sweep"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+            monkeypatch.setenv(name, str(base.parent / name.lower()))
+        runs = recorded_runs(base, monkeypatch)
+    return base, runs

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from tinyinduct.config import run_config_from_dict, to_dict
-from tinyinduct.evaluate import picture_index
+from tinyinduct.evaluate import evaluate, picture_index
 from tinyinduct.record import copy_spans, save_attention, save_picture_tokens
 
 TINY = {
@@ -39,10 +39,9 @@ def train_with_record(run_dir: Path, monkeypatch, config: dict) -> dict:
     train_module = importlib.import_module("tinyinduct.train")
     cfg = run_config_from_dict(config)
     steps = iter(eval_steps(cfg.train.steps, cfg.train.eval_every))
-    real_evaluate = train_module.evaluate
 
     def evaluate_and_record(model, probe, train_batch, patterns):
-        row = real_evaluate(model, probe, train_batch, patterns)
+        row = evaluate(model, probe, train_batch, patterns)
         step = next(steps)
         if step == 0:
             i = picture_index(probe)
@@ -55,3 +54,26 @@ def train_with_record(run_dir: Path, monkeypatch, config: dict) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return train_module.train(cfg, run_dir, progress=False)
+
+
+def recorded_runs(base: Path, monkeypatch) -> dict:
+    """Real tiny runs with attention records: a finished standard run, a finished shortformer
+    run, a run that fails (learning rate 1e30: the loss goes non-finite), and a copy of the
+    standard run cut off at step 20 with no summary.json (killed, or still running). Returns
+    `{name: run_dir}`; they sit in `base` as a sweep's job folders 0-3."""
+    import shutil
+
+    runs = {"standard": base / "0", "shortformer": base / "1", "failed": base / "2",
+            "incomplete": base / "3"}
+    train_with_record(runs["standard"], monkeypatch, merge(TINY, {"seed": 1}))
+    train_with_record(runs["shortformer"], monkeypatch,
+                      merge(TINY, {"seed": 1, "model": {"positional": "shortformer"}}))
+    train_with_record(runs["failed"], monkeypatch, merge(TINY, {"optim": {"lr": 1e30}}))
+    shutil.copytree(runs["standard"], runs["incomplete"])
+    (runs["incomplete"] / "summary.json").unlink()
+    metrics = runs["incomplete"] / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:2]))
+    for path in (runs["incomplete"] / "record" / "attention").glob("step_*.npy"):
+        if path.name > "step_0000020.npy":
+            path.unlink()
+    return runs

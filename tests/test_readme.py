@@ -88,6 +88,8 @@ def how_exercised(command: str) -> str | None:
         return "test_wandb.py: the README's sync paths glob to a real run's W&B folder"
     if command in ("python -m tinyinduct", "python -m tinyinduct --help"):
         return "test_module_prints_where_to_start"
+    if command.startswith("python -m tinyinduct.report"):
+        return "test_report.py::test_report_command_writes_pages_and_redraws"
     if command.startswith("python scripts/compare.py"):
         return "test_sweep.py::test_compare_reports_finished_failed_and_unfinished_runs"
     if command.startswith("python scripts/bench.py") and "cuda" not in command:

@@ -33,11 +33,13 @@ def clean(value: Any, digits: int = 5) -> Any:
 
 def pack_patterns(array: np.ndarray) -> str:
     """`[n, n_layers, n_heads, T, T]` attention -> base64 of zlib-compressed uint8 (value * 255,
-    rounded), lower triangle (causal: the rest is zero) row by row, in that axis order."""
+    rounded; a non-finite value, as a diverged run leaves, becomes 0), lower triangle (causal:
+    the rest is zero) row by row, in that axis order."""
     if array.size == 0:
         return ""
     rows, cols = np.tril_indices(array.shape[-1])
-    tri = np.clip(np.rint(array[..., rows, cols].astype(np.float32) * 255), 0, 255)
+    tri = np.nan_to_num(array[..., rows, cols].astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    tri = np.clip(np.rint(tri * 255), 0, 255)
     return base64.b64encode(zlib.compress(tri.astype(np.uint8).tobytes(), 9)).decode("ascii")
 
 
