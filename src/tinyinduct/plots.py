@@ -127,7 +127,7 @@ def _token_axis(ax, rows: List[Row]) -> None:
 
 
 def plot_head_scores(rows: List[Row], summary: Row, path: Path) -> Path:
-    fig = _figure(figsize=(11, 4.2), layout="constrained")
+    fig = _figure(figsize=(11, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     cmap = _colors()
     for ax, kind, title in ((axes[0], "induction", "Induction score"),
@@ -143,8 +143,11 @@ def plot_head_scores(rows: List[Row], summary: Row, path: Path) -> Path:
         ax.set_xlabel("training step")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8, ncol=2)
     axes[0].set_ylabel("score on the probe")
+    # one legend below both panels (the curves fill the panels): heads, threshold, phase lines
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8,
+               ncol=min(len(labels), 8), frameon=False)
     fig.savefig(path, dpi=110)
     return path
 
@@ -227,7 +230,7 @@ def plot_patterns(rows: List[Row], summary: Row, patterns: Sequence[torch.Tensor
 
     copies = copies or spans_from_tokens(tokens)
     columns = snapshot_steps(rows, summary)
-    fig = _figure(figsize=(3.4 * len(columns) + 0.8, 3.4 * len(heads) + 0.9),
+    fig = _figure(figsize=(3.4 * len(columns) + 0.8, 4.0 * len(heads) + 1.0),
                   layout="constrained")
     axes = fig.subplots(len(heads), len(columns), squeeze=False)
     image = None

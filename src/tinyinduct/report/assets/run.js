@@ -96,13 +96,14 @@ function buildAttention(D, parent, bytes) {
     const [f, n] = A.first_copy, [sc] = A.second_copy;
     h("p", {class: "note"}, section,
       `Rows are queries, columns keys. Orange dashed: the second copy starts (query ${sc}); ` +
-      `grey dotted: the first copy (keys ${f}-${f + n - 1}). An induction head lights the ` +
-      `stripe below the orange line, one step right of the diagonal it copies.`);
+      `grey dotted: the first copy (keys ${f}-${f + n - 1}). An induction head attends from ` +
+      `each second-copy token to the token after its first occurrence: a diagonal stripe ` +
+      `below the orange line, between the grey ones.`);
   }
   const status = h("p", {class: "note", id: "attention-step"}, section);
-  const grid = h("div", {class: "heads", style: `grid-template-columns: repeat(${H}, auto)`},
-                 section);
-  const scale = Math.max(1, Math.floor(Math.min(256, 1060 / H - 14) / T));
+  const grid = h("div", {class: "heads",
+                         style: `grid-template-columns: repeat(${H}, minmax(0, 1fr))`}, section);
+  const scale = Math.max(2, Math.ceil(256 / T));  // drawn sharp, shown at the column's width
   const off = document.createElement("canvas");
   off.width = T; off.height = T;
   const octx = off.getContext("2d");

@@ -2,6 +2,11 @@
 // The sweep page: conditions table, curves with seed bands (colour and dash per condition), and
 // the fraction of each condition's runs formed against steps.
 
+function runCount(c) {
+  const n = c.states.finished + c.states.failed + c.states.incomplete;
+  return `${n} run${n === 1 ? "" : "s"}`;
+}
+
 function main() {
   const D = pageData();
   const page = document.getElementById("page");
@@ -53,7 +58,7 @@ function main() {
       title: `Fraction of runs formed (best induction score has crossed ${D.threshold})`,
       xLabel: "training step", yLabel: "fraction of runs", yMin: 0, yMax: 1,
       series: D.conditions.map((c, k) => ({
-        label: `${c.label} (${c.states.finished + c.states.failed + c.states.incomplete} runs)`,
+        label: `${c.label} (${runCount(c)})`,
         xs: c.formed.steps, ys: c.formed.fraction, color: style[k].color, dash: style[k].dash,
         width: 2.2})).filter(se => se.xs.length),
     });
