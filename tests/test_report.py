@@ -127,3 +127,21 @@ def test_report_command_writes_pages_and_redraws(recorded_sweep, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tinyinduct.report", str(tmp_path / "nope")],
                           capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=60)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr
+
+
+def test_report_command_on_a_several_seed_job_writes_each_seeds_page(recorded_sweep, tmp_path,
+                                                                      capsys):
+    from tinyinduct.report.__main__ import main
+
+    _, runs = recorded_sweep
+    job = tmp_path / "job"
+    for seed, name in ((0, "standard"), (1, "shortformer")):
+        shutil.copytree(runs[name], job / f"seed{seed}")
+    (job / "config.yaml").write_text("train:\n  n_seeds: 2\n")
+    assert main([str(job)]) == 0
+    out = capsys.readouterr().out
+    assert not (job / "report.html").exists()
+    for seed in (0, 1):
+        page = job / f"seed{seed}" / "report.html"
+        assert f"Report: {page}" in out
+        assert page_data(page)["run_dir"] == str(job / f"seed{seed}")

@@ -134,7 +134,7 @@ def run_report_data(run_dir: str | Path) -> Dict[str, Any]:
         picture = load_picture_tokens(run_dir)
     notes += [str(w.message) for w in caught]
     row_steps = [r["step"] for r in rows]
-    keep = [i for i, s in enumerate(att_steps) if s in set(row_steps)]
+    keep = [i for i, s in enumerate(att_steps) if s in set(row_steps)]  # patterns of logged steps
     if rows and not keep:
         notes.append("No attention record (record/attention/): the patterns cannot be shown.")
     elif rows and len(keep) < len(rows):
