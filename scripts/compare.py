@@ -7,14 +7,16 @@
 Reads every run directory under SWEEP_DIR (config.yaml, metrics.jsonl, summary.json), prints a
 Markdown table (one row per condition: runs, how many formed an induction head, phase change
 step mean ± sd, mechanism verdicts, final losses), names every run that failed or has not
-finished, and writes the figure (default SWEEP_DIR/compare.png) and the table
-(default SWEEP_DIR/compare.md). Works on a sweep still running.
+finished, and writes the figure (default SWEEP_DIR/compare.png), the table
+(default SWEEP_DIR/compare.md) and a self-contained page with both (SWEEP_DIR/compare.html,
+opens offline). Works on a sweep still running.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from tinyinduct.report import write_sweep_report
 from tinyinduct.sweep_plots import plot_sweep
 from tinyinduct.sweep_report import condition_row, load_sweep, markdown_table, run_problems
 
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
                         threshold=threshold, title=str(args.sweep_dir))
     table_path = args.table or args.sweep_dir / "compare.md"
     table_path.write_text(text + "\n")
-    print(f"\nFigure: {figure}\nTable: {table_path}")
+    page = write_sweep_report(args.sweep_dir, conditions)
+    print(f"\nFigure: {figure}\nTable: {table_path}\nPage: {page}")
     return 0
 
 

@@ -64,3 +64,17 @@ def wait_for_step(proc, run_dir, step, timeout=180):
         time.sleep(0.02)
     proc.kill()
     pytest.fail(f"no row at step {step} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def recorded_sweep(tmp_path_factory):
+    """Real tiny runs that kept their attention record, laid out as a sweep (see
+    `record_runs.recorded_runs`): `(sweep_dir, {name: run_dir})`."""
+    from record_runs import recorded_runs
+
+    base = tmp_path_factory.mktemp("recorded") / "sweep"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+            monkeypatch.setenv(name, str(base.parent / name.lower()))
+        runs = recorded_runs(base, monkeypatch)
+    return base, runs

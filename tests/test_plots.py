@@ -42,9 +42,11 @@ def test_plot_run_writes_every_picture(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG"
             assert image.size[0] > 300 and image.size[1] > 200
-    # two key heads x three moments
-    # steps 250 (262 -> 250), 550 (525: a tie between 500 and 550 goes to the later), 1000
-    assert snapshot_steps(rows, summary) == [5, 11, 20]
+    # two key heads x three moments: halfway to the crossing (275: a tie between 250 and 300
+    # goes to the later), the threshold crossing itself (550), the end (1000)
+    assert snapshot_steps(rows, summary) == [6, 11, 20]
+    # without a crossing, the steepest fall places the middle column
+    assert snapshot_steps(rows, {"phase_change_steepest_step": 525}) == [5, 11, 20]
 
 
 def test_plot_run_without_snapshots_or_phase_change(tmp_path):
@@ -60,3 +62,34 @@ def test_one_layer_run_draws_no_composition_or_patterns(tmp_path):
             | {"comp/baseline": 0.1} for r in rows]
     paths = plot_run(tmp_path, rows, {"best_induction_head": None}, patterns, tokens)
     assert set(paths) == {"loss_curves", "head_scores"}
+
+
+def write_synthetic_run(run_dir, rows, summary, patterns, tokens):
+    """A run directory as the loop leaves it: metrics, summary, config, attention record."""
+    import json
+
+    from tinyinduct.record import save_attention, save_picture_tokens
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "config.yaml").write_text("data:\n  d_vocab: 64\n  kind: bigram\n")
+    for row, pattern in zip(rows, patterns):
+        save_attention(run_dir, row["step"], pattern)
+    save_picture_tokens(run_dir, tokens, (1, 4), (5, 4))
+
+
+def test_redraw_from_disk_goes_to_a_new_folder(tmp_path):
+    from tinyinduct.plots import redraw_run
+
+    rows, summary, patterns, tokens = synthetic_run()
+    write_synthetic_run(tmp_path, rows, summary, patterns, tokens)
+    own = plot_run(tmp_path, rows, summary)  # the run's own pictures, no patterns
+    before = {p: p.read_bytes() for p in own.values()}
+    first = redraw_run(tmp_path)
+    assert set(first) == {"loss_curves", "head_scores", "composition", "attention_patterns"}
+    assert {p.parent for p in first.values()} == {tmp_path / "plots-redrawn"}
+    second = redraw_run(tmp_path)
+    assert {p.parent for p in second.values()} == {tmp_path / "plots-redrawn-2"}
+    assert {p: p.read_bytes() for p in own.values()} == before  # plots/ untouched
+    assert not (tmp_path / "plots" / "attention_patterns.png").exists()

@@ -91,6 +91,10 @@ def how_exercised(command: str) -> str | None:
         return "test_module_prints_where_to_start"
     if command.startswith("python scripts/reproduce.py"):
         return "test_reproduce.py: --quick end to end (every part), --check, --from-results"
+
+
+    if command.startswith("python -m tinyinduct.report"):
+        return "test_report.py::test_report_command_writes_pages_and_redraws"
     if command.startswith("python scripts/compare.py"):
         return "test_readme_sweep_resume_and_compare_commands_run"
     if command.startswith("python scripts/bench.py") and "cuda" not in command:

@@ -92,6 +92,9 @@ def test_compare_reports_finished_failed_and_unfinished_runs(sweep, tmp_path):
     image = matplotlib.image.imread(sweep_dir / "compare.png")
     assert image.shape[0] > 400 and image.shape[1] > 400
     assert (sweep_dir / "compare.md").read_text().startswith(str(sweep_dir))
+    page = (sweep_dir / "compare.html").read_text()  # opened in test_report_browser.py
+    assert f"Page: {sweep_dir / 'compare.html'}" in out
+    assert str(sweep_dir / "2") in page and "lr=1e+30" in page
 
 
 def test_compare_refuses_a_folder_without_runs(tmp_path):

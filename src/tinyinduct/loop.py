@@ -13,6 +13,7 @@ sums them up. A seed that fails or stops early leaves the stack: it no longer co
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -25,12 +26,13 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, to_dict, validate_run_config
 from .data import RepeatedSegmentData
-from .evaluate import eval_batches, evaluate, partner_summary, write_pictures
+from .evaluate import eval_batches, evaluate, partner_summary, picture_index, write_pictures
 from .guard import NonFiniteGuard
 from .interrupt import StopSignals
 from .metrics import best_induction_head
 from .model import AttnOnlyTransformer
 from .phase import formed_at, phase_change_row
+from .record import copy_spans, save_attention, save_picture_tokens
 from .resume import ResumePoint, cut_metrics, load_resume_point, training_state
 from .rundir import RunFault, claim, out_of_memory
 from .runs import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, save_checkpoint
@@ -233,6 +235,7 @@ class Loop:
         row.update(phase_change_row(s.rows + [row], self.cfg.train.induction_threshold))
         s.tracker.log(row)
         s.rows.append(row)
+        save_attention(s.dir, step, s.patterns[-1])  # the pictures and the page redraw from it
         if self.schedule.at_step(step) or self.schedule.at_evaluation(s.rows):
             save_snapshot(s.dir, step, s.model)  # s.model holds this step's weights
         self.eval_seconds += time.perf_counter() - t0
@@ -300,6 +303,7 @@ class Loop:
         summary["plot_seconds"] = write_pictures(s.dir, s.rows, summary, s.patterns, self.probe,
                                                  s.tracker)
         s.tracker.summary(summary)
+        write_report(s.dir)  # after summary.json, which the page reads
         s.tracker.exit_code = summary["exit_code"]
         s.tracker.close()
         s.summary = summary
@@ -328,8 +332,11 @@ class Loop:
         if cfg.train.n_seeds > 1:
             write_config(self.run_dir, cfg)
         with StopSignals() as stop, ExitStack() as trackers:
+            i = picture_index(self.probe)
             for s in self.seeds:
                 write_config(s.dir, s.cfg)
+                save_picture_tokens(s.dir, self.probe.tokens[i].cpu(), *copy_spans(
+                    self.probe.first_copy[i], self.probe.second_copy[i]))
                 wandb_id = s.resumed.wandb_id if s.resumed else None
                 s.tracker = trackers.enter_context(Tracker(s.cfg, s.dir, wandb_id=wandb_id))
             train_start = time.perf_counter()  # before the step-0 evaluation (eval time counts)
@@ -430,6 +437,16 @@ class Loop:
         }
         write_json_atomic(self.run_dir / SUMMARY_FILE, overall)
         return overall
+
+
+def write_report(run_dir: Path) -> None:
+    """The run's report.html; a failure is reported, never fatal (the numbers are on disk)."""
+    try:
+        from .report import write_run_report
+
+        write_run_report(run_dir)
+    except Exception as err:
+        print(f"could not write the report page: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 class _Saved:

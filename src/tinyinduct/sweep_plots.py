@@ -1,6 +1,7 @@
 """The sweep figure: best layer-1 induction score and second-copy loss against tokens seen, one
-column per positional mode, one colour per blocking condition; the line is the mean over seeds,
-the band spans the seeds (min to max), thin lines are single seeds."""
+column per positional mode, one colour and one line style per blocking condition (curves that
+overlap stay apart in greyscale too); the line is the mean over seeds, the band spans the seeds
+(min to max), thin lines are single seeds."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ PANELS = (("best layer-1 induction score", "induction"),
           ("second-copy loss (nats)", "eval/loss_second_copy"))
 COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown",
           "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)),
+               (0, (3, 1, 1, 1, 1, 1)))
 
 
-def _curve(rows: List[dict], key: str) -> Dict[int, float]:
+def run_curve(rows: List[dict], key: str) -> Dict[int, float]:
     if key == "induction":
         points = best_induction_curve(rows)
     else:
@@ -24,7 +27,7 @@ def _curve(rows: List[dict], key: str) -> Dict[int, float]:
     return {t: v for t, v in points if v is not None and math.isfinite(v)}
 
 
-def _band(curves: List[Dict[int, float]]) -> Tuple[list, list, list, list]:
+def seed_band(curves: List[Dict[int, float]]) -> Tuple[list, list, list, list]:
     """Tokens, mean, min, max over the runs that reached each evaluation."""
     tokens = sorted({t for c in curves for t in c})
     xs, mean, low, high = [], [], [], []
@@ -55,6 +58,7 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
     columns = list(dict.fromkeys(_split_label(c.label)[0] for c in conditions))
     styles = list(dict.fromkeys(_split_label(c.label)[1] for c in conditions))
     color = {s: COLORS[i % len(COLORS)] for i, s in enumerate(styles)}
+    dash = {s: LINE_STYLES[i % len(LINE_STYLES)] for i, s in enumerate(styles)}
     fig, axes = plt.subplots(len(PANELS), len(columns), figsize=(6.0 * len(columns), 7.6),
                              sharex=True, sharey="row", squeeze=False)
     for condition in conditions:
@@ -63,27 +67,29 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
         seeds = len(runs)
         for row, (_, key) in enumerate(PANELS):
             ax = axes[row][columns.index(column)]
-            curves = [_curve(r.rows, key) for r in runs]
+            curves = [run_curve(r.rows, key) for r in runs]
             curves = [c for c in curves if c]
             if not curves:
                 continue
             for c in curves:
                 ax.plot([t / 1e6 for t in c], list(c.values()), color=color[style], lw=0.6,
-                        alpha=0.35)
-            xs, mean, low, high = _band(curves)
+                        alpha=0.35, ls=dash[style])
+            xs, mean, low, high = seed_band(curves)
             xs = [t / 1e6 for t in xs]
             ax.fill_between(xs, low, high, color=color[style], alpha=0.15, lw=0)
-            ax.plot(xs, mean, color=color[style], lw=2.0,
+            ax.plot(xs, mean, color=color[style], lw=2.0, ls=dash[style],
                     label=f"{style} ({seeds} seed{'' if seeds == 1 else 's'})")
     for col, column in enumerate(columns):
         axes[0][col].set_title(f"positional={column}" if column else "all runs")
         if threshold is not None:
-            axes[0][col].axhline(threshold, color="black", lw=0.8, ls=":")
+            axes[0][col].axhline(threshold, color="black", lw=0.8, ls=":",
+                                 label=f"threshold {threshold}")
         axes[-1][col].set_xlabel("training tokens (millions)")
         # below the plots: the curves fill every corner of the panels
-        axes[-1][col].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=9,
-                             ncol=len(styles), frameon=False, handlelength=1.5,
-                             columnspacing=1.0)
+        handles, labels = axes[0][col].get_legend_handles_labels()
+        axes[-1][col].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                             fontsize=9, ncol=min(len(labels), 3), frameon=False,
+                             handlelength=3.0, columnspacing=1.0)
         for row in range(len(PANELS)):
             axes[row][col].grid(alpha=0.3)
     for row, (ylabel, _) in enumerate(PANELS):
