@@ -199,3 +199,23 @@ class ActivationCache(dict):
 
     def __repr__(self) -> str:
         return f"ActivationCache({describe_names(self)})"
+
+
+def direct_path_hooks(layers: Iterable[int], inputs: Iterable[str], shortformer: bool
+                      ) -> List[Tuple[str, HookFn]]:
+    """Hooks making `inputs` (among Q, K, V) of `layers` read the direct path, the token
+    embedding plus (standard positions) the positional one, instead of the residual stream: no
+    earlier head reaches them. They replace TransformerLens' split inputs
+    `blocks.{l}.hook_{q,k,v}_input` with what `hook_embed` (+ `hook_pos_embed`) held in the same
+    forward pass, so they also run on TransformerLens 3.x with `use_split_qkv_input=True`."""
+    seen: Dict[str, torch.Tensor] = {}
+
+    def keep(activation: torch.Tensor, hook: HookPoint) -> None:
+        seen[hook.name] = activation
+
+    def direct(split_input: torch.Tensor, hook: HookPoint) -> torch.Tensor:  # [b, p, h, d]
+        path = seen["hook_embed"] if shortformer else seen["hook_embed"] + seen["hook_pos_embed"]
+        return path[:, :, None].expand_as(split_input)
+
+    return [("hook_embed", keep), ("hook_pos_embed", keep)] + [
+        (f"blocks.{layer}.hook_{x.lower()}_input", direct) for layer in layers for x in inputs]
