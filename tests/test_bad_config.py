@@ -42,6 +42,14 @@ CASES = {
     "resume with another model": (["resume={finished}", "train.steps=2", "model.d_model=16"],
                                   ["resume", "model.d_model=32", "model.d_model=16"]),
     "resume a finished run": (["resume={finished}", "train.steps=2"], ["resume", "finished"]),
+    "clamp a head of a layer that does not exist": (
+        ["intervene.clamp_pattern={{L5H0:previous_token}}"], ["intervene.clamp_pattern", "L5H0"]),
+    "unknown clamp pattern": (["intervene.clamp_pattern={{L1H0:diagonal}}"],
+                              ["intervene.clamp_pattern.L1H0", "previous_token"]),
+    "ablate an unknown head": (["intervene.ablate=[L0H7]"], ["intervene.ablate", "L0H7"]),
+    "freeze a layer that does not exist": (["intervene.freeze=[blocks.4]"],
+                                           ["intervene.freeze", "blocks.1"]),
+    "graft without a source": (["intervene.graft=[blocks.0]"], ["intervene.graft_from"]),
 }
 
 

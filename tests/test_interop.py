@@ -34,7 +34,10 @@ def assert_same_function(ours: AttnOnlyTransformer, theirs, n_layers: int) -> No
         torch.testing.assert_close(cache[name], their_cache[name], atol=1e-5, rtol=1e-5)
     # every hook we record exists in TransformerLens under the same name, with the same value
     for name, value in cache.items():
-        torch.testing.assert_close(value, their_cache[name], atol=1e-5, rtol=1e-5, msg=name)
+        theirs_value = their_cache[name]
+        if theirs_value.dim() == value.dim() + 1:  # use_split_qkv_input: ln1 sees head copies
+            theirs_value = theirs_value[:, :, 0]
+        torch.testing.assert_close(value, theirs_value, atol=1e-5, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("positional,normalization,attn_bias", CONDITIONS)
@@ -82,10 +85,35 @@ def test_round_trip_keeps_config_and_every_weight(positional, normalization, att
         torch.testing.assert_close(after[key], before[key], atol=0, rtol=0, msg=key)
 
 
-def test_blocked_composition_has_no_transformer_lens_counterpart():
-    model = AttnOnlyTransformer(ModelConfig(**SMALL, blocked_composition=["K"]))
-    with pytest.raises(ValueError, match="blocked_composition"):
-        to_transformer_lens(model)
+@pytest.mark.parametrize("blocked,positional,normalization", [
+    (["K"], "standard", "none"), (["Q"], "shortformer", "LN"), (["Q", "K"], "shortformer", "none"),
+    (["V"], "standard", "LN"), (["K", "V"], "shortformer", "LN")])
+def test_blocked_composition_converts_with_split_inputs(blocked, positional, normalization):
+    torch.manual_seed(7)
+    cfg = ModelConfig(**{**SMALL, "n_layers": 3}, positional=positional,
+                      normalization=normalization, attn_bias=True, blocked_composition=blocked)
+    ours = perturbed(AttnOnlyTransformer(cfg), 8)
+    hooked = to_transformer_lens(ours)
+    assert hooked.cfg.use_split_qkv_input
+    assert_same_function(ours, hooked, 3)
+    # the blocking is no optional extra: it survives reset_hooks, and without it logits differ
+    hooked.reset_hooks()
+    tokens = torch.randint(0, SMALL["d_vocab"], (2, SMALL["n_ctx"]))
+    torch.testing.assert_close(hooked(tokens), ours(tokens), atol=1e-5, rtol=1e-5)
+    unblocked = ours(tokens, blocked_composition=[])
+    assert (hooked(tokens) - unblocked).abs().max() > 1e-4  # 10x the tolerance above
+    back = from_transformer_lens(hooked)
+    assert back.cfg == cfg
+
+
+def test_split_inputs_with_foreign_hooks_are_refused():
+    cfg = tl.HookedTransformerConfig(**SMALL, attn_only=True, act_fn=None,
+                                     use_split_qkv_input=True)
+    hooked = tl.HookedTransformer(cfg)
+    assert from_transformer_lens(hooked).cfg.blocked_composition == []  # no hooks: plain model
+    hooked.add_perma_hook("blocks.1.hook_k_input", lambda x, hook: 0 * x)
+    with pytest.raises(ValueError, match="use_split_qkv_input"):
+        from_transformer_lens(hooked)
 
 
 @pytest.mark.parametrize("overrides,field", [

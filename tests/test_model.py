@@ -70,6 +70,7 @@ def test_logits_and_cache_shapes():
             s + "attn.hook_z": (b, p, h, e), s + "attn.hook_attn_scores": (b, h, p, p),
             s + "attn.hook_pattern": (b, h, p, p),
         })
+    shapes.update({"unembed.hook_in": (b, p, d), "unembed.hook_out": (b, p, 40)})
     assert {k: tuple(v.shape) for k, v in cache.items()} == shapes
     pattern = cache["blocks.1.attn.hook_pattern"]
     torch.testing.assert_close(pattern.sum(-1), torch.ones(b, h, p))

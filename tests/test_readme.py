@@ -170,7 +170,7 @@ def parse_default(text: str):
             return cast(text)
         except ValueError:
             pass
-    return {"null": None, "true": True, "false": False, "[]": []}.get(text, text)
+    return {"null": None, "true": True, "false": False, "[]": [], "{}": {}}.get(text, text)
 
 
 def composed_defaults() -> dict:
@@ -186,7 +186,7 @@ def composed_defaults() -> dict:
     def flatten(node: dict, prefix: str = "") -> dict:
         out = {}
         for key, value in node.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and value:  # an empty dict is a field's default
                 out.update(flatten(value, f"{prefix}{key}."))
             else:
                 out[prefix + key] = value

@@ -29,7 +29,15 @@ from .rundir import RunFault
 from .sweeps import label_sweep_run
 
 CONFIG_DIR = config_dir()
-ConfigStore.instance().store(name="run_schema", node=RunConfig)
+def run_schema() -> DictConfig:
+    """`RunConfig` as Hydra's schema; `intervene.clamp_pattern` is a dict a user fills
+    (`intervene.clamp_pattern={L0H1:previous_token}`), so it takes new keys despite struct mode."""
+    schema = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(schema.intervene.clamp_pattern, False)
+    return schema
+
+
+ConfigStore.instance().store(name="run_schema", node=run_schema())
 
 
 def resume_command(run_dir: Path) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, Dict, List
 
 POSITIONAL_MODES = ("standard", "shortformer")
 NORMALIZATIONS = ("none", "LN")
@@ -19,6 +20,9 @@ DATA_KINDS = ("uniform", "bigram")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGER_MODES = ("offline", "online", "disabled")
 SCHEDULES = ("cosine", "constant")
+CLAMP_PATTERNS = ("previous_token", "induction", "uniform", "bos")
+ABLATIONS = ("zero", "mean")
+HEAD_LABEL = re.compile(r"L(\d+)H(\d+)")
 
 
 class ConfigError(ValueError):
@@ -103,6 +107,29 @@ class LoggerConfig:
 
 
 @dataclass
+class InterveneConfig:
+    """Interventions on the model, active in training and in every evaluation alike
+    (`interventions.py`). Heads are labelled `L{layer}H{head}`. Default: none."""
+
+    # head -> the pattern its attention is replaced with (`blocks.{l}.attn.hook_pattern`):
+    # previous_token (i -> i-1), induction (i -> the token after the previous occurrence of
+    # token i, BOS where there is none), uniform (evenly over positions <= i), bos (all on BOS)
+    clamp_pattern: Dict[str, str] = field(default_factory=dict)
+    ablate: List[str] = field(default_factory=list)  # heads whose output (hook_z) is ablated
+    # zero: the head's z is 0; mean: z is its mean over the batch and positions of the same
+    # forward pass (detached: a constant vector that carries no token or position)
+    ablation: str = "zero"
+    # parameters not trained: state_dict names or their prefixes (embed, blocks.0,
+    # blocks.1.attn.W_Q); they get no gradient, so AdamW neither decays nor moves them
+    freeze: List[str] = field(default_factory=list)
+    freeze_from_step: int = 0  # freeze from this step on (0: from the start)
+    # a run directory (its checkpoints/last.pt) or checkpoint file whose parameters named in
+    # `graft` replace the fresh ones before step 0
+    graft_from: str | None = None
+    graft: List[str] = field(default_factory=list)  # names or prefixes, as in `freeze`
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -111,6 +138,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    intervene: InterveneConfig = field(default_factory=InterveneConfig)
     resume: str | None = None  # a run directory to continue from its last checkpoint
 
     def __post_init__(self) -> None:
@@ -146,6 +174,58 @@ def validate_model_config(cfg: ModelConfig, section: str = "model") -> None:
     _check(all(x in COMPOSITION_INPUTS for x in blocked) and len(set(blocked)) == len(blocked),
            f"{section}.blocked_composition", blocked,
            f"a list of distinct inputs among {', '.join(COMPOSITION_INPUTS)}")
+
+
+def parameter_names(cfg: ModelConfig) -> List[str]:
+    """The trainable parameters of a model with this config, by TransformerLens name."""
+    attn = ["W_Q", "W_K", "W_V", "W_O"] + (["b_Q", "b_K", "b_V", "b_O"] if cfg.attn_bias else [])
+    ln = cfg.normalization == "LN"
+    names = ["embed.W_E", "pos_embed.W_pos"]
+    for layer in range(cfg.n_layers):
+        names += [f"blocks.{layer}.ln1.{x}" for x in ("w", "b") if ln]
+        names += [f"blocks.{layer}.attn.{x}" for x in attn]
+    names += [f"ln_final.{x}" for x in ("w", "b") if ln]
+    return names + ["unembed.W_U", "unembed.b_U"]
+
+
+def select_parameters(names: List[str], entries: List[str]) -> List[str]:
+    """The names equal to an entry or under it (`blocks.0` selects `blocks.0.attn.W_Q`)."""
+    return [n for n in names if any(n == e or n.startswith(e + ".") for e in entries)]
+
+
+def parse_head(label: str, model: ModelConfig, field_name: str) -> tuple:
+    """`(layer, head)` of a label `L{layer}H{head}` that exists in this model, else ConfigError."""
+    match = HEAD_LABEL.fullmatch(str(label))
+    ok = match is not None and (int(match[1]) < model.n_layers and int(match[2]) < model.n_heads)
+    _check(ok, field_name, label, f"a head label L{{layer}}H{{head}}, layer in "
+           f"0..{model.n_layers - 1}, head in 0..{model.n_heads - 1}")
+    return int(match[1]), int(match[2])
+
+
+def validate_intervene_config(iv: InterveneConfig, model: ModelConfig) -> None:
+    for label, pattern in dict(iv.clamp_pattern).items():
+        parse_head(label, model, "intervene.clamp_pattern")
+        _check(pattern in CLAMP_PATTERNS, f"intervene.clamp_pattern.{label}", pattern,
+               f"allowed: {', '.join(CLAMP_PATTERNS)}")
+    for label in iv.ablate:
+        parse_head(label, model, "intervene.ablate")
+    _check(iv.ablation in ABLATIONS, "intervene.ablation", iv.ablation,
+           f"allowed: {', '.join(ABLATIONS)}")
+    names = parameter_names(model)
+    layers = sorted({n.rsplit(".", 1)[0] for n in names} | {f"blocks.{i}" for i in
+                                                           range(model.n_layers)})
+    for key in ("freeze", "graft"):
+        for entry in getattr(iv, key):
+            _check(bool(select_parameters(names, [entry])), f"intervene.{key}", entry,
+                   f"a parameter name or prefix: {', '.join(layers)} or a name under one")
+    _check(iv.freeze_from_step >= 0, "intervene.freeze_from_step", iv.freeze_from_step,
+           "must be >= 0")
+    _check(iv.graft_from is None or str(iv.graft_from).strip() != "", "intervene.graft_from",
+           iv.graft_from, "a run directory or checkpoint file (or null)")
+    _check(not iv.graft or iv.graft_from is not None, "intervene.graft_from", iv.graft_from,
+           f"a run directory to copy intervene.graft={list(iv.graft)} from")
+    _check(bool(iv.graft) or iv.graft_from is None, "intervene.graft", list(iv.graft),
+           "the parameters to copy from intervene.graft_from, e.g. [blocks.0]")
 
 
 def validate_run_config(cfg: RunConfig) -> None:
@@ -197,6 +277,7 @@ def validate_run_config(cfg: RunConfig) -> None:
            "a run directory (or null for a fresh run)")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode,
            f"allowed: {', '.join(LOGGER_MODES)}")
+    validate_intervene_config(cfg.intervene, cfg.model)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -207,7 +288,7 @@ def run_config_from_dict(data: dict) -> RunConfig:
     """Rebuild a `RunConfig` from `to_dict` output (as saved in config.yaml or a checkpoint)."""
     sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
     classes = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-               "train": TrainConfig, "logger": LoggerConfig}
+               "train": TrainConfig, "logger": LoggerConfig, "intervene": InterveneConfig}
     kwargs = {}
     for key, value in data.items():
         if key not in sections:

@@ -20,6 +20,7 @@ from .metrics import (
     icl_score,
     masked_mean,
     mechanism_attribution,
+    pattern_under,
     per_position_loss,
     prev_token_score,
 )
@@ -142,11 +143,10 @@ def partner_summary(model: AttnOnlyTransformer, probe: Batch, summary: Dict) -> 
         return dict.fromkeys(("composes_with", "composes_with_prev_token_score",
                               "composes_with_scores", "previous_token_head"))
     model.eval()
-    _, cache = model.run_with_cache(probe.tokens)
-    scores = composition_partners(model, probe.tokens, head, PARTNER_INPUTS[mechanism], cache)
+    scores = composition_partners(model, probe.tokens, head, PARTNER_INPUTS[mechanism])
     partner = min(scores, key=scores.get)
     layer, h = (int(x) for x in partner[1:].split("H"))
-    prev = prev_token_score(cache[f"blocks.{layer}.attn.hook_pattern"])[h].item()
+    prev = prev_token_score(pattern_under(model, probe.tokens, layer, []))[h].item()
     return {
         "composes_with": partner,
         "composes_with_prev_token_score": prev,

@@ -1,8 +1,17 @@
 """TransformerLens round trip: `to_transformer_lens(model)` and `from_transformer_lens(model)`.
 
 Our state dict already has TransformerLens 3.x's keys and shapes, so a conversion is a config
-mapping plus `load_state_dict`. TransformerLens is an optional extra (`pip install
-"tinyinduct[tl]"`, which pins `transformer-lens<4`: 4.x has no `HookedTransformer`).
+mapping plus `load_state_dict`; a model trained with `blocked_composition` also gets
+`use_split_qkv_input=True` and permanent hooks that feed its blocked inputs from the
+embeddings. TransformerLens is an optional extra (`pip install "tinyinduct[tl]"`, which pins
+`transformer-lens<4`).
+
+TransformerLens 4.x removed `HookedTransformer`; its native `TransformerBridge` has no shortformer
+positions (and no blocked composition), so tinyinduct converts to 3.x only. A 4.x user has two
+ways: run the same hook functions on tinyinduct's own model, which has TransformerLens' hook
+names, `fn(activation, hook)` semantics, `run_with_hooks`, `run_with_cache` and shorthand cache
+keys, and needs no TransformerLens at all; or install `transformer-lens<4` (the `tl` extra) in
+the environment where they convert.
 """
 
 from __future__ import annotations
@@ -14,10 +23,14 @@ from typing import TYPE_CHECKING, Any, Dict
 import torch
 
 from .config import ModelConfig
+from .hooks import direct_path_hooks
 from .model import AttnOnlyTransformer
 
 if TYPE_CHECKING:  # the import is deferred so tinyinduct works without TransformerLens
     from transformer_lens import HookedTransformer
+
+# Set on a converted HookedTransformer whose split inputs carry tinyinduct's blocking hooks.
+BLOCKED_ATTRIBUTE = "tinyinduct_blocked_composition"
 
 # Buffers that both models keep in their state dicts but that carry no weights.
 _NON_WEIGHTS = ("attn.mask", "attn.IGNORE")
@@ -71,13 +84,15 @@ def to_transformer_lens(model: AttnOnlyTransformer) -> HookedTransformer:
     """A TransformerLens 3.x `HookedTransformer` computing exactly what `model` computes.
 
     Weights are copied (the two models share no tensors); it lives on `model`'s device and dtype.
-    A model trained with `blocked_composition` has no TransformerLens counterpart and is refused.
+    A model trained with `blocked_composition` becomes a model with `use_split_qkv_input=True`
+    whose blocked inputs of layers >= 1 (`blocks.{l}.hook_{q,k,v}_input`) are replaced, by
+    permanent hooks (`reset_hooks()` keeps them), with the token embedding plus, for standard
+    positions, the positional one, as tinyinduct computes them. Its cache then also holds the
+    split inputs, and its `ln1` hooks see per-head copies (`[batch, pos, head, ...]`).
+    TransformerLens 4.x has no `HookedTransformer`: see the module docstring.
     """
     tl = _import_transformer_lens()
     cfg = model.cfg
-    if cfg.blocked_composition:
-        raise ValueError(f"model.blocked_composition={list(cfg.blocked_composition)}: "
-                         "TransformerLens has no blocked composition; convert a model with []")
     param = next(model.parameters())
     tl_cfg = tl.HookedTransformerConfig(
         n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, d_head=cfg.d_head,
@@ -89,16 +104,22 @@ def to_transformer_lens(model: AttnOnlyTransformer) -> HookedTransformer:
         # Sequences carry their own BOS (token 0) and there is no tokenizer to add one.
         default_prepend_bos=False,
         init_weights=False, device=str(param.device), dtype=param.dtype,
-        model_name="tinyinduct",
+        model_name="tinyinduct", use_split_qkv_input=bool(cfg.blocked_composition),
     )
     with warnings.catch_warnings():  # 3.x warns that 4.x drops the class we target on purpose
         warnings.filterwarnings("ignore", "HookedTransformer is deprecated", DeprecationWarning)
         hooked = tl.HookedTransformer(tl_cfg)
     _load_weights(hooked, model.state_dict())
+    if cfg.blocked_composition:
+        for name, fn in direct_path_hooks(range(1, cfg.n_layers), cfg.blocked_composition,
+                                          cfg.positional == "shortformer"):
+            hooked.add_perma_hook(name, fn)
+        setattr(hooked, BLOCKED_ATTRIBUTE, list(cfg.blocked_composition))
     return hooked.train(model.training)
 
 
-def model_config_from_transformer_lens(tl_cfg: Any, attn_bias: bool = False) -> ModelConfig:
+def model_config_from_transformer_lens(tl_cfg: Any, attn_bias: bool = False,
+                                       blocked_composition: list | None = None) -> ModelConfig:
     """The `ModelConfig` of a TransformerLens config, or a ValueError naming what does not fit."""
     for name, allowed in _TL_REQUIRED.items():
         value = getattr(tl_cfg, name, allowed if not isinstance(allowed, tuple) else allowed[0])
@@ -118,7 +139,8 @@ def model_config_from_transformer_lens(tl_cfg: Any, attn_bias: bool = False) -> 
         d_head=tl_cfg.d_head, n_ctx=tl_cfg.n_ctx, d_vocab=tl_cfg.d_vocab,
         positional=tl_cfg.positional_embedding_type,
         normalization="LN" if tl_cfg.normalization_type == "LN" else "none",
-        attn_bias=attn_bias, init_range=init_range)
+        attn_bias=attn_bias, init_range=init_range,
+        blocked_composition=list(blocked_composition or []))
 
 
 def from_transformer_lens(hooked: HookedTransformer,
@@ -126,14 +148,24 @@ def from_transformer_lens(hooked: HookedTransformer,
     """An `AttnOnlyTransformer` computing exactly what a TransformerLens `HookedTransformer` does.
 
     `attn_bias` (trainable attention biases) defaults to whether any of them is non-zero, so a
-    model converted there and back keeps its config. Raises ValueError for a model tinyinduct
-    cannot express (MLPs, rotary positions, other norms, ...), naming the TransformerLens field.
+    model converted there and back keeps its config (`blocked_composition` included). Raises
+    ValueError for a model tinyinduct cannot express (MLPs, rotary positions, other norms, split
+    inputs with hooks it did not set, ...), naming the TransformerLens field.
     """
     state = hooked.state_dict()
     if attn_bias is None:
         attn_bias = any(bool(v.any()) for k, v in state.items()
                         if k.split(".")[-1] in ("b_Q", "b_K", "b_V", "b_O"))
-    cfg = model_config_from_transformer_lens(hooked.cfg, attn_bias=attn_bias)
+    blocked = getattr(hooked, BLOCKED_ATTRIBUTE, None)
+    split_hooked = [name for name, point in hooked.hook_dict.items()
+                    if name.endswith(("hook_q_input", "hook_k_input", "hook_v_input"))
+                    and point.has_hooks()]
+    if blocked is None and getattr(hooked.cfg, "use_split_qkv_input", False) and split_hooked:
+        raise ValueError(f"TransformerLens cfg.use_split_qkv_input=True with hooks on "
+                         f"{split_hooked[0]}: tinyinduct can only express its own blocking hooks "
+                         "(from to_transformer_lens); remove the hooks to convert")
+    cfg = model_config_from_transformer_lens(hooked.cfg, attn_bias=attn_bias,
+                                             blocked_composition=blocked)
     param = next(hooked.parameters())
     model = AttnOnlyTransformer(cfg).to(device=param.device, dtype=param.dtype)
     _load_weights(model, state)

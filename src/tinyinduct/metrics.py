@@ -1,5 +1,6 @@
 """Metric functions over attention patterns, logits and tokens (no training code), and the
-causal K/Q mechanism attribution, which recomputes one layer's pattern from a model's cache.
+causal K/Q mechanism attribution, which reruns the model's forward pass with hooks that remove
+earlier heads from one input of a layer.
 Weight-only scores (composition, copying) live in `composition.py`, phase change in `phase.py`.
 
 Conventions: `pattern` is `[batch, head, query_pos, key_pos]` (TransformerLens `hook_pattern`);
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import induction_mask, induction_sources
+from .hooks import direct_path_hooks
 
 if TYPE_CHECKING:
     from .model import AttnOnlyTransformer
@@ -138,35 +140,36 @@ def attribution_verdict(scores: Dict[str, float], min_score: float = MIN_INDUCTI
     return "none"
 
 
-def _qk(model, cache: Dict[str, torch.Tensor], layer: int, minus: torch.Tensor | None = None):
-    """Queries and keys `[batch, head, pos, d_head]` of layer `layer` computed from its inputs
-    with every earlier head removed (the direct path: token embedding, plus position where the
-    model puts it in the residual stream), or, given `minus` (`[batch, pos, d_model]`), from the
-    residual stream less `minus`. Earlier layers run as cached."""
-    block = model.blocks[layer]
-    resid, pos = cache[f"blocks.{layer}.hook_resid_pre"], cache["hook_pos_embed"]
-    shortformer = model.cfg.positional == "shortformer"
-    if minus is None:
-        direct = cache["hook_embed"] if shortformer else cache["hook_embed"] + pos
-    else:
-        direct = resid - minus
-    q_in, k_in, _ = model._attn_inputs(block, resid, direct, pos, shortformer, {"Q", "K"})
-    attn = block.attn
-    return (torch.einsum("bpd,hde->bhpe", q_in, attn.W_Q) + attn.b_Q[:, None],
-            torch.einsum("bpd,hde->bhpe", k_in, attn.W_K) + attn.b_K[:, None])
+REMOVALS = {"k_removed": ("K",), "q_removed": ("Q",), "qk_removed": ("Q", "K")}
 
 
-def _pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:  # [b, h, p, e] x2 -> [b, h, q, k]
-    """Causal softmax attention pattern, as the model computes it."""
-    n = q.shape[-2]
-    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-    return scores.masked_fill_(future, float("-inf")).softmax(-1)
+def _pattern(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
 
 
-def _cached_qk(cache: Dict[str, torch.Tensor], layer: int):
-    """The layer's actual queries and keys from the cache, as `[batch, head, pos, d_head]`."""
-    return tuple(cache[f"blocks.{layer}.attn.hook_{x}"].transpose(1, 2) for x in "qk")
+def pattern_under(model: AttnOnlyTransformer, tokens: torch.Tensor, layer: int,
+                  fwd_hooks: list) -> torch.Tensor:  # [batch, head, q, k]
+    """Layer `layer`'s attention pattern in one forward pass with `fwd_hooks` added."""
+    with model.hooks(fwd_hooks):
+        _, cache = model.run_with_cache(tokens, names_filter=_pattern(layer))
+    return cache[_pattern(layer)]
+
+
+def _head_removed(model: AttnOnlyTransformer, layer: int, inputs: tuple, writer: int,
+                  head: int) -> list:
+    """Hooks removing head `head` of layer `writer` (its `z @ W_O`, without `b_O`) from the
+    `inputs` (among Q, K) of layer `layer`, through the split-input points."""
+    seen = {}
+    W_O = model.blocks[writer].attn.W_O[head]  # [d_head, d_model]
+
+    def keep_z(z: torch.Tensor, hook) -> None:
+        seen["z"] = z
+
+    def minus_head(split_input: torch.Tensor, hook) -> torch.Tensor:  # [b, p, h, d_model]
+        return split_input - (seen["z"][:, :, head] @ W_O)[:, :, None]
+
+    return [(f"blocks.{writer}.attn.hook_z", keep_z)] + [
+        (f"blocks.{layer}.hook_{x.lower()}_input", minus_head) for x in inputs]
 
 
 @torch.no_grad()
@@ -177,19 +180,23 @@ def mechanism_attribution(model: AttnOnlyTransformer, tokens: torch.Tensor,
     earlier head's output removed from its key input only (`k_removed`), from its query input
     only (`q_removed`), from both (`qk_removed`), and a `verdict` among K, Q, mixed, none.
 
-    Targets come from the tokens (`induction_mask`). Only the scored head's own layer is changed;
-    earlier layers run as usual. `out["run"]` holds the run's verdict: that of the best head.
-    Pass the `cache` of `model.run_with_cache(tokens)` to skip the forward pass.
+    Each removal is one forward pass with `direct_path_hooks` on the layer's split inputs (the
+    input reads the token embedding, plus position where the model puts it in the residual
+    stream): only the scored layer is changed, earlier layers run as usual, and any hooks
+    already set (interventions) act as in every other pass. Targets come from the tokens
+    (`induction_mask`). `out["run"]` holds the run's verdict: that of the best head. Pass the
+    `cache` of `model.run_with_cache(tokens)` to reuse its patterns for `full`.
     """
     if cache is None:
-        _, cache = model.run_with_cache(tokens)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("pattern"))
+    shortformer = model.cfg.positional == "shortformer"
     mask, src = induction_mask(tokens), induction_sources(tokens)
     out: Dict[str, Any] = {}
     for layer in range(1, model.cfg.n_layers):
-        (q, k), (q_direct, k_direct) = _cached_qk(cache, layer), _qk(model, cache, layer)
-        patterns = {"full": cache[f"blocks.{layer}.attn.hook_pattern"],
-                    "k_removed": _pattern(q, k_direct), "q_removed": _pattern(q_direct, k),
-                    "qk_removed": _pattern(q_direct, k_direct)}
+        patterns = {"full": cache[_pattern(layer)]}
+        for key, inputs in REMOVALS.items():
+            hooks = direct_path_hooks([layer], inputs, shortformer)
+            patterns[key] = pattern_under(model, tokens, layer, hooks)
         scores = {name: induction_score(p, tokens, mask, src) for name, p in patterns.items()}
         for h in range(model.cfg.n_heads):
             head = {k: v[h].item() for k, v in scores.items()}
@@ -214,22 +221,17 @@ def attribution_row(attribution: Dict[str, Any]) -> Dict[str, Any]:
 
 @torch.no_grad()
 def composition_partners(model: AttnOnlyTransformer, tokens: torch.Tensor, head: str,
-                         inputs: tuple = ("K",),
-                         cache: Dict[str, torch.Tensor] | None = None) -> Dict[str, float]:
+                         inputs: tuple = ("K",)) -> Dict[str, float]:
     """Induction score of `head` (e.g. "L1H2") when one earlier head's output is removed from
     its `inputs` (among Q, K), for each earlier head: the head whose removal hurts most is the one
-    it composes with."""
-    if cache is None:
-        _, cache = model.run_with_cache(tokens)
+    it composes with. One forward pass per earlier head, the removal a hook on the head's layer's
+    split inputs."""
     layer, h = (int(x) for x in head[1:].split("H"))
     mask, src = induction_mask(tokens), induction_sources(tokens)
-    q, k = (x[:, h:h + 1] for x in _cached_qk(cache, layer))
     out = {}
     for writer in range(layer):
-        z = cache[f"blocks.{writer}.attn.hook_z"]  # [batch, pos, head, d_head]
-        per_head = torch.einsum("bphe,hed->bphd", z, model.blocks[writer].attn.W_O)
         for a in range(model.cfg.n_heads):
-            q_less, k_less = (x[:, h:h + 1] for x in _qk(model, cache, layer, per_head[:, :, a]))
-            pattern = _pattern(q_less if "Q" in inputs else q, k_less if "K" in inputs else k)
+            hooks = _head_removed(model, layer, inputs, writer, a)
+            pattern = pattern_under(model, tokens, layer, hooks)[:, h:h + 1]
             out[head_label(writer, a)] = induction_score(pattern, tokens, mask, src).item()
     return out

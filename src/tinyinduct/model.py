@@ -9,23 +9,47 @@ Positional modes:
   `ln1(resid) + W_pos[pos]`, the value input is `ln1(resid)` alone, so no head can move
   positional information.
 
-Two attention paths compute the same function: fused `scaled_dot_product_attention` for training
-(no pattern materialised), and the explicit softmax whenever a cache is requested, which records
-every TransformerLens hook (`blocks.{l}.attn.hook_pattern`, ...).
+Two paths compute the same function. With no hook set anywhere, `model(tokens)` runs the lean
+path: fused `scaled_dot_product_attention`, no pattern materialised, no hook point called. As soon
+as one hook is set (`run_with_hooks`, `run_with_cache`, `hooks(...)`, `add_hook`), every hook point
+is called with TransformerLens 3.x's names and semantics (`hooks.py`), and a layer computes its
+attention explicitly (q, k, v, scores, pattern, z) only if a hook sits inside it; other layers stay
+fused. The hook points are exactly those TransformerLens fires for this architecture: `hook_embed`,
+`hook_pos_embed`, `blocks.{l}.hook_resid_pre`, `blocks.{l}.ln1.hook_{scale,normalized}` (LN),
+`blocks.{l}.attn.hook_{q,k,v,attn_scores,pattern,z}`, `blocks.{l}.hook_attn_out`,
+`blocks.{l}.hook_resid_post`, `ln_final.hook_{scale,normalized}` (LN), `unembed.hook_{in,out}`;
+plus TransformerLens' `use_split_qkv_input` points `blocks.{l}.hook_{q,k,v}_input`
+(`[batch, pos, head, d_model]`, the per-head residual each input reads before `ln1`), which fire
+only in a layer where one of them has a hook, as if `use_split_qkv_input` were on there.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from torch import nn
 
 from .config import ModelConfig
+from .hooks import (
+    ActivationCache,
+    FwdHooks,
+    HookFn,
+    HookPoint,
+    NameFilter,
+    attached,
+    caching_hooks,
+    matching_points,
+    name_hook_points,
+    names_matching,
+)
 
 Cache = Dict[str, torch.Tensor]
+SPLIT_INPUTS = ("hook_q_input", "hook_k_input", "hook_v_input")
 
 
 class LayerNorm(nn.Module):
@@ -36,9 +60,15 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.w = nn.Parameter(torch.ones(d_model))
         self.b = nn.Parameter(torch.zeros(d_model))
+        self.hook_scale = HookPoint()  # [..., 1]
+        self.hook_normalized = HookPoint()  # [..., d_model], before w and b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d_model] -> same
-        return layer_norm(x, self.w, self.b, self.eps)
+        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
+            return layer_norm(x, self.w, self.b, self.eps)
+        x = x - x.mean(-1, keepdim=True)  # the same operations as layer_norm, hooked
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale) * self.w + self.b
 
 
 def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -71,6 +101,9 @@ class Unembed(nn.Module):
         super().__init__()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        # called by the model on the hooked path only (the lean path and fused losses skip them)
+        self.hook_in = HookPoint()  # [b, p, d_model]
+        self.hook_out = HookPoint()  # [b, p, d_vocab]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, p, d_model] -> [b, p, d_vocab]
         # addmm adds the bias inside the matmul: no extra pass over the largest tensor
@@ -127,37 +160,43 @@ class Attention(nn.Module):
         self.register_buffer("IGNORE", torch.tensor(-torch.inf))
         self.scale = 1.0 / math.sqrt(e)
         self.attn_bias = cfg.attn_bias
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()  # [b, h, q, k]
+        self.hook_z = HookPoint()  # [b, p, h, e]
+
+    def explicit(self) -> bool:
+        """Whether a hook inside this attention needs the pattern materialised."""
+        return any(point.has_hooks() for point in (
+            self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores, self.hook_pattern,
+            self.hook_z))
 
     def forward(
         self,
-        q_in: torch.Tensor,  # [b, p, d_model]
-        k_in: torch.Tensor,  # [b, p, d_model]
-        v_in: torch.Tensor,  # [b, p, d_model]
-        cache: Cache | None = None,
-        prefix: str = "",
+        q_in: torch.Tensor,  # [b, p, d_model], or [b, p, h, d_model] per head
+        k_in: torch.Tensor,
+        v_in: torch.Tensor,
     ) -> torch.Tensor:  # [b, p, d_model]
-        if cache is None:  # fused path: no pattern materialised
+        if q_in.dim() == 3 and k_in.dim() == 3 and v_in.dim() == 3 and not self.explicit():
             biases = (self.b_Q, self.b_K, self.b_V, self.b_O) if self.attn_bias else None
             return fused_attention((q_in, k_in, v_in), (self.W_Q, self.W_K, self.W_V, self.W_O),
                                    biases, self.scale)
 
         # explicit path, TransformerLens layouts: q/k/v/z [b, p, h, e], scores [b, h, q, k]
-        q = torch.einsum("bpd,hde->bphe", q_in, self.W_Q) + self.b_Q
-        k = torch.einsum("bpd,hde->bphe", k_in, self.W_K) + self.b_K
-        v = torch.einsum("bpd,hde->bphe", v_in, self.W_V) + self.b_V
+        q = self.hook_q(_project(q_in, self.W_Q) + self.b_Q)
+        k = self.hook_k(_project(k_in, self.W_K) + self.b_K)
+        v = self.hook_v(_project(v_in, self.W_V) + self.b_V)
         n = q.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
-        scores = scores.masked_fill(~causal, float("-inf"))
-        pattern = scores.softmax(dim=-1)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
-        out = torch.einsum("bqhe,hed->bqd", z, self.W_O) + self.b_O
-        cache.update({
-            f"{prefix}hook_q": q, f"{prefix}hook_k": k, f"{prefix}hook_v": v,
-            f"{prefix}hook_attn_scores": scores, f"{prefix}hook_pattern": pattern,
-            f"{prefix}hook_z": z,
-        })
-        return out
+        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        return torch.einsum("bqhe,hed->bqd", z, self.W_O) + self.b_O
+
+
+def _project(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:  # -> [b, p, h, e]
+    """`x @ W[h]` for every head; `x` is `[b, p, d]` or per head `[b, p, h, d]`."""
+    return torch.einsum("bphd,hde->bphe" if x.dim() == 4 else "bpd,hde->bphe", x, W)
 
 
 class AttnOnlyBlock(nn.Module):
@@ -166,23 +205,33 @@ class AttnOnlyBlock(nn.Module):
         if cfg.normalization == "LN":
             self.ln1 = LayerNorm(cfg.d_model)
         self.attn = Attention(cfg)
+        self.hook_resid_pre = HookPoint()  # [b, p, d_model]
+        # TransformerLens' use_split_qkv_input points: [b, p, h, d_model], before ln1
+        self.hook_q_input, self.hook_k_input, self.hook_v_input = (HookPoint(), HookPoint(),
+                                                                   HookPoint())
+        self.hook_attn_out = HookPoint()  # [b, p, d_model]
+        self.hook_resid_post = HookPoint()  # [b, p, d_model]
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.ln1(x) if hasattr(self, "ln1") else x
 
 
 class AttnOnlyTransformer(nn.Module):
-    """`model(tokens) -> logits [batch, pos, d_vocab]`; `run_with_cache` adds the hooks."""
+    """`model(tokens) -> logits [batch, pos, d_vocab]`. TransformerLens' hook API on top:
+    `run_with_cache`, `run_with_hooks`, `hooks(...)`, `add_hook`, `reset_hooks`, `hook_dict`."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [b, p, d_model]
         self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint()  # [b, p, d_model]
         self.blocks = nn.ModuleList(AttnOnlyBlock(cfg) for _ in range(cfg.n_layers))
         if cfg.normalization == "LN":
             self.ln_final = LayerNorm(cfg.d_model)
         self.unembed = Unembed(cfg)
+        self.hook_dict: Dict[str, HookPoint] = name_hook_points(self)
         self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -192,19 +241,25 @@ class AttnOnlyTransformer(nn.Module):
                 if name.split(".")[-1].startswith("W_"):
                     p.normal_(0.0, self.cfg.init_range, generator=generator)
 
+    # --- forward ---
+
     def forward(
         self,
         tokens: torch.Tensor,  # [batch, pos] int64
         cache: Cache | None = None,
         blocked_composition: Iterable[str] | None = None,
     ) -> torch.Tensor:  # [batch, pos, d_vocab]
-        """Logits. A dict passed as `cache` is filled with every hook's activation.
+        """Logits. A dict passed as `cache` is filled with every hook's activation (detached).
 
         `blocked_composition` (default: `cfg.blocked_composition`) lists inputs among Q, K, V that
         layers >= 1 read from the direct path (token embedding, plus position where the
         positional mode puts it) instead of the residual stream.
         """
-        return self.unembed(self.final_residual(tokens, cache, blocked_composition))
+        if cache is not None:
+            with self.hooks(caching_hooks(self.cached_names(), cache)):
+                return self.forward(tokens, blocked_composition=blocked_composition)
+        logits = self.unembed(self.final_residual(tokens, blocked_composition=blocked_composition))
+        return self.unembed.hook_out(logits) if self.has_hooks() else logits
 
     def final_residual(
         self,
@@ -213,32 +268,69 @@ class AttnOnlyTransformer(nn.Module):
         blocked_composition: Iterable[str] | None = None,
     ) -> torch.Tensor:  # [batch, pos, d_model]
         """What the unembedding reads: the residual stream after the last layer (and
-        `ln_final`). `forward` is `unembed(final_residual(...))`."""
+        `ln_final`, and `unembed.hook_in`). `forward` is `unembed(final_residual(...))` (then
+        `unembed.hook_out`, which a loss computed from this residual does not see)."""
+        if cache is not None:
+            with self.hooks(caching_hooks(self.cached_names(), cache)):
+                return self.final_residual(tokens, blocked_composition=blocked_composition)
         if tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"sequence length {tokens.shape[1]} > n_ctx {self.cfg.n_ctx}")
         blocked = set(self.cfg.blocked_composition if blocked_composition is None
                       else blocked_composition)
+        if self.has_hooks():
+            return self._hooked_residual(tokens, blocked)
         shortformer = self.cfg.positional == "shortformer"
         embed = self.embed(tokens)
         pos = self.pos_embed(tokens)
         resid = embed if shortformer else embed + pos
         direct = resid  # what a blocked input reads instead of the residual stream
-        if cache is not None:
-            cache["hook_embed"], cache["hook_pos_embed"] = embed, pos
         for layer, block in enumerate(self.blocks):
-            prefix = f"blocks.{layer}."
-            if cache is not None:
-                cache[prefix + "hook_resid_pre"] = resid
             q_in, k_in, v_in = self._attn_inputs(block, resid, direct, pos, shortformer,
                                                  blocked if layer > 0 else set())
-            attn_out = block.attn(q_in, k_in, v_in, cache, prefix + "attn.")
-            resid = resid + attn_out
-            if cache is not None:
-                cache[prefix + "hook_attn_out"] = attn_out
-                cache[prefix + "hook_resid_post"] = resid
+            resid = resid + block.attn(q_in, k_in, v_in)
         if hasattr(self, "ln_final"):
             resid = self.ln_final(resid)
         return resid
+
+    def _hooked_residual(self, tokens: torch.Tensor, blocked: set) -> torch.Tensor:
+        """`final_residual` through every hook point, in TransformerLens' order."""
+        shortformer = self.cfg.positional == "shortformer"
+        embed = self.hook_embed(self.embed(tokens))
+        pos = self.hook_pos_embed(self.pos_embed(tokens))
+        resid = embed if shortformer else embed + pos
+        direct = resid
+        for layer, block in enumerate(self.blocks):
+            resid = block.hook_resid_pre(resid)
+            inputs = self._hooked_attn_inputs(block, resid, direct, pos, shortformer,
+                                              blocked if layer > 0 else set())
+            attn_out = block.hook_attn_out(block.attn(*inputs))
+            resid = block.hook_resid_post(resid + attn_out)
+        if hasattr(self, "ln_final"):
+            resid = self.ln_final(resid)
+        return self.unembed.hook_in(resid)
+
+    @staticmethod
+    def _hooked_attn_inputs(block: AttnOnlyBlock, resid: torch.Tensor, direct: torch.Tensor,
+                            pos: torch.Tensor, shortformer: bool, blocked: set) -> tuple:
+        """`_attn_inputs` with TransformerLens' split inputs where one of them is hooked: each
+        of Q, K, V then reads its own per-head copy `[b, p, h, d_model]` (of the direct path if
+        blocked), through `hook_{q,k,v}_input`, then `ln1`, then position (shortformer)."""
+        points = [getattr(block, name) for name in SPLIT_INPUTS]
+        split = any(point.has_hooks() for point in points)
+        if not split and not blocked:
+            return AttnOnlyTransformer._attn_inputs(block, resid, direct, pos, shortformer,
+                                                    blocked)
+        n_heads = block.attn.W_Q.shape[0]
+        inputs = []
+        for kind, point in zip("QKV", points):
+            x = direct if kind in blocked else resid
+            if split:
+                x = point(repeat(x, "b p d -> b p h d", h=n_heads))
+            x = block.norm(x)
+            if shortformer and kind != "V":  # position enters queries and keys only
+                x = x + (pos[:, :, None] if split else pos)
+            inputs.append(x)
+        return tuple(inputs)
 
     @staticmethod
     def _attn_inputs(
@@ -258,12 +350,52 @@ class AttnOnlyTransformer(nn.Module):
             q_in, k_in = (q_in + pos, k_in + pos) if q_in is not k_in else (q_in + pos,) * 2
         return q_in, k_in, v_in
 
-    def run_with_cache(
-        self, tokens: torch.Tensor, blocked_composition: Iterable[str] | None = None
-    ) -> Tuple[torch.Tensor, Cache]:
-        cache: Cache = {}
-        logits = self.forward(tokens, cache=cache, blocked_composition=blocked_composition)
+    # --- hooks (TransformerLens' API) ---
+
+    def has_hooks(self) -> bool:
+        """Whether any hook point has a hook (then the hooked path runs)."""
+        return any(point.has_hooks() for point in self.hook_dict.values())
+
+    def cached_names(self) -> list:
+        """The names TransformerLens 3.x caches for this architecture (its split-input points
+        fire only when hooked, so they are left out)."""
+        return [name for name in self.hook_dict if not name.endswith(SPLIT_INPUTS)]
+
+    @contextmanager
+    def hooks(self, fwd_hooks: FwdHooks = ()) -> Iterator[AttnOnlyTransformer]:
+        """`with model.hooks([(name_or_filter, fn), ...]):` the hooks act inside the block and are
+        removed afterwards, also when something raises."""
+        with attached(self.hook_dict, fwd_hooks):
+            yield self
+
+    def run_with_hooks(self, tokens: torch.Tensor, fwd_hooks: FwdHooks = (),
+                       **kwargs) -> torch.Tensor:
+        """Logits with `fwd_hooks` (`(name or filter function, fn(activation, hook))` pairs)
+        active for this one forward pass."""
+        with self.hooks(fwd_hooks):
+            return self.forward(tokens, **kwargs)
+
+    def run_with_cache(self, tokens: torch.Tensor, names_filter: NameFilter = None,
+                       **kwargs) -> Tuple[torch.Tensor, ActivationCache]:
+        """`(logits, cache)`: the cache holds the named activations (default: all that
+        TransformerLens caches), detached, and takes `cache["pattern", 1]`-style keys. Hooks
+        already set act first, so the cache sees what they changed."""
+        cache = ActivationCache(n_layers=self.cfg.n_layers)
+        names = names_matching(self.hook_dict if names_filter is not None
+                               else self.cached_names(), names_filter)
+        with self.hooks(caching_hooks(names, cache)):
+            logits = self.forward(tokens, **kwargs)
         return logits, cache
+
+    def add_hook(self, name_or_filter, hook: HookFn) -> None:
+        """Add a hook that stays until `reset_hooks()` (TransformerLens' `add_hook`)."""
+        for point in matching_points(self.hook_dict, name_or_filter):
+            point.add_hook(hook)
+
+    def reset_hooks(self) -> None:
+        """Remove every hook from every hook point."""
+        for point in self.hook_dict.values():
+            point.remove_hooks()
 
     @property
     def head_labels(self) -> list:
