@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -29,6 +30,7 @@ from .data import RepeatedSegmentData
 from .evaluate import eval_batches, evaluate, partner_summary, picture_index, write_pictures
 from .guard import NonFiniteGuard
 from .interrupt import StopSignals
+from .interventions import describe, drop_frozen_grads, graft, intervened, intervention_hooks
 from .metrics import best_induction_head
 from .model import AttnOnlyTransformer
 from .phase import formed_at, phase_change_row
@@ -174,7 +176,10 @@ class Loop:
                 ended.append(self._ended_seed(c, directory))
                 continue
             resumed = load_resume_point(c, directory, self.device)  # bad: ConfigError, no build
-            self.seeds.append(SeedRun(c, directory, build_model(c, self.device),
+            model = build_model(c, self.device)
+            if resumed is None:
+                graft(model, cfg.intervene)  # bad graft: ConfigError before any step
+            self.seeds.append(SeedRun(c, directory, model,
                                       RepeatedSegmentData(c.data, seed=c.seed, device=self.device),
                                       resumed))
         if not self.seeds:
@@ -183,6 +188,9 @@ class Loop:
         self.ended = ended
         self.probe, self.train_batch = eval_batches(cfg, self.device)
         self.stacked = StackedTransformer([s.model for s in self.seeds]).to(self.device)
+        self.spec = cfg.intervene
+        self.stacked.set_hooks(intervention_hooks(self.spec, cfg.model,
+                                                  lambda: self.stacked.tokens))
         self.optimizer = make_optimizer(self.stacked, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.guard = NonFiniteGuard(len(self.seeds), self.device)
@@ -223,6 +231,12 @@ class Loop:
 
     # --- per-seed bookkeeping ---
 
+    def intervened(self, model: AttnOnlyTransformer):
+        """Evaluation sees the interventions training sees (none: the model as it is)."""
+        if self.spec.clamp_pattern or self.spec.ablate:
+            return intervened(model, self.spec)
+        return nullcontext(model)
+
     def live(self) -> List[SeedRun]:
         return [s for s in self.seeds if not s.done]
 
@@ -230,8 +244,8 @@ class Loop:
         t0 = time.perf_counter()
         row = {"step": step, "tokens": step * self.tokens_per_step, "train/loss": train_loss,
                "train/lr": self.scheduler.get_last_lr()[0]}
-        row.update(evaluate(self.stacked.copy_to(k, s.model), self.probe, self.train_batch,
-                            s.patterns))
+        with self.intervened(self.stacked.copy_to(k, s.model)) as model:
+            row.update(evaluate(model, self.probe, self.train_batch, s.patterns))
         row.update(phase_change_row(s.rows + [row], self.cfg.train.induction_threshold))
         s.tracker.log(row)
         s.rows.append(row)
@@ -275,8 +289,8 @@ class Loop:
         interrupted = (s.error is None and s.stop_reason is None and stop.requested
                        and step < self.cfg.train.steps)
         summary = summarize(s.rows, s.cfg)
-        self.stacked.copy_to(k, s.model)
-        summary.update(partner_summary(s.model, self.probe, summary))
+        with self.intervened(self.stacked.copy_to(k, s.model)) as model:
+            summary.update(partner_summary(model, self.probe, summary))
         summary.update({
             "status": "failed" if s.error else "interrupted" if interrupted else "finished",
             "error": s.error,
@@ -295,6 +309,7 @@ class Loop:
             "tokens_per_second": (step - self.start_step) * self.tokens_per_step
             / max(train_seconds - self.eval_seconds, 1e-9),
             "n_seeds_at_once": len(self.seeds),
+            "interventions": describe(self.spec),
             "wandb_dir": s.tracker.wandb_dir,
         })
         if s.error:
@@ -352,8 +367,10 @@ class Loop:
             step = self.start_step
             for step in range(self.start_step + 1, t.steps + 1):
                 tokens = torch.stack([s.data.sample().tokens for s in self.seeds])  # [K, b, p]
+                frozen = (partial(drop_frozen_grads, self.stacked.shell, self.spec, step)
+                          if self.spec.freeze else None)
                 losses = train_step(self.stacked, self.optimizer, self.scheduler, tokens,
-                                    cfg.optim.grad_clip)
+                                    cfg.optim.grad_clip, after_backward=frozen)
                 self.loss_sum += losses
                 self.guard.observe(step, losses)
                 self.steps_since_eval += 1

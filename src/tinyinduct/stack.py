@@ -15,7 +15,7 @@ and checkpoints each seed's weights are copied into a plain `AttnOnlyTransformer
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,20 @@ class StackedTransformer(nn.Module):
             stacked = torch.stack([m.get_parameter(name).detach() for m in models])
             setattr(self.shell.get_submodule(owner), leaf, nn.Parameter(stacked))
 
+    def set_hooks(self, fwd_hooks: Sequence[tuple]) -> None:
+        """Forward hooks `(name, fn)` on `blocks.{l}.attn.hook_pattern` / `hook_z`, with
+        TransformerLens' signature `fn(activation, hook)`, applied to each model's own slice
+        (`[b, h, q, k]`, `[b, p, h, e]`) as on a plain model. Only the layers they touch leave
+        the fused attention path. `self.tokens` holds the slice's tokens while they run."""
+        self.layer_hooks: Dict[int, Dict[str, list]] = {}
+        for name, fn in fwd_hooks:
+            parts = name.split(".")
+            if len(parts) != 4 or parts[0] != "blocks" or parts[3] not in ("hook_pattern",
+                                                                           "hook_z"):
+                raise ValueError(f"stacked models take hook_pattern and hook_z hooks, not {name}")
+            per_layer = self.layer_hooks.setdefault(int(parts[1]), {})
+            per_layer.setdefault(parts[3], []).append((name, fn))
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [K, b, p] -> [K, b, p, d_vocab]
         u = self.shell.unembed
         return torch.baddbmm(u.b_U[:, None], self.final_residual(tokens).flatten(1, 2),
@@ -80,11 +94,50 @@ class StackedTransformer(nn.Module):
                 _StackedBlock(block), resid, direct, pos, shortformer,
                 blocked if layer > 0 else set())
             a = block.attn
+            hooks = getattr(self, "layer_hooks", {}).get(layer)
+            if hooks:
+                resid = resid + self._hooked_attention(a, inputs, hooks, tokens)
+                continue
             biases = (a.b_Q, a.b_K, a.b_V, a.b_O) if a.attn_bias else None
             resid = resid + fused_attention(inputs, (a.W_Q, a.W_K, a.W_V, a.W_O), biases, a.scale)
         if hasattr(m, "ln_final"):
             resid = _stacked_norm(m.ln_final, resid)
         return resid
+
+    def _hooked_attention(self, a: nn.Module, inputs: tuple, hooks: Dict[str, list],
+                          tokens: torch.Tensor) -> torch.Tensor:  # -> [K, b, p, d]
+        """The explicit attention of one layer, each model's pattern and z passed through the
+        hooks (TransformerLens layouts), as `Attention.forward` does for one model."""
+        q_in, k_in, v_in = inputs
+        q = torch.einsum("kbpd,khde->kbphe", q_in, a.W_Q)
+        key = torch.einsum("kbpd,khde->kbphe", k_in, a.W_K)
+        v = torch.einsum("kbpd,khde->kbphe", v_in, a.W_V)
+        if a.attn_bias:  # stacked parameters; without them the biases are one model's zeros
+            q, key, v = (x + b[:, None, None] for x, b in ((q, a.b_Q), (key, a.b_K), (v, a.b_V)))
+        n = q.shape[2]
+        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+        scores = torch.einsum("kbqhe,kbshe->kbhqs", q, key) * a.scale
+        pattern = self._each_model(scores.masked_fill(future, float("-inf")).softmax(-1),
+                                   hooks.get("hook_pattern"), tokens)
+        z = self._each_model(torch.einsum("kbhqs,kbshe->kbqhe", pattern, v), hooks.get("hook_z"),
+                             tokens)
+        out = torch.einsum("kbqhe,khed->kbqd", z, a.W_O)
+        return out + a.b_O[:, None, None] if a.attn_bias else out
+
+    def _each_model(self, activation: torch.Tensor, hooks: list | None,
+                    tokens: torch.Tensor) -> torch.Tensor:
+        if not hooks:
+            return activation
+        slices = []
+        for k in range(activation.shape[0]):
+            x = activation[k]
+            self.tokens = tokens[k]
+            for name, fn in hooks:
+                out = fn(x, _Hook(name))
+                x = x if out is None else out
+            slices.append(x)
+        self.tokens = None
+        return torch.stack(slices)
 
     @torch.no_grad()
     def copy_to(self, k: int, model: AttnOnlyTransformer) -> AttnOnlyTransformer:
@@ -111,6 +164,13 @@ class StackedTransformer(nn.Module):
         self.n_models = len(keep)
 
 
+class _Hook:
+    """What a hook function may read of its hook point: its name."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
 def per_model_loss(model: StackedTransformer, tokens: torch.Tensor) -> torch.Tensor:  # [K]
     """Each model's mean next-token cross-entropy on its own batch `tokens[k]`. The stacked
     logits would be K times the largest tensor of a single step, so the unembedding and the loss
@@ -135,12 +195,16 @@ def clip_grad_norm_per_model_(params: Sequence[torch.Tensor], max_norm: float) -
 
 def train_step(model: StackedTransformer, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, tokens: torch.Tensor,
-               grad_clip: float) -> torch.Tensor:  # tokens [K, b, p] -> losses [K], detached
-    """One optimizer step of every model on its own batch: loss, backward, per-model clipping,
-    AdamW, schedule. No host sync."""
+               grad_clip: float, after_backward: Callable[[], Any] | None = None
+               ) -> torch.Tensor:  # tokens [K, b, p] -> losses [K], detached
+    """One optimizer step of every model on its own batch: loss, backward, (`after_backward`,
+    e.g. dropping frozen parameters' gradients), per-model clipping, AdamW, schedule. No host
+    sync."""
     losses = per_model_loss(model, tokens)
     optimizer.zero_grad(set_to_none=True)
     losses.sum().backward()
+    if after_backward is not None:
+        after_backward()
     if grad_clip > 0:
         clip_grad_norm_per_model_(list(model.parameters()), grad_clip)
     optimizer.step()
