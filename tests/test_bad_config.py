@@ -139,8 +139,14 @@ def test_shortest_sequence_trains_with_finite_losses(tmp_path):
 
 def tiny_config(**sections):
     """A valid tiny RunConfig with `sections` ({"model": {...}, "seed": 3, ...}) replaced."""
-    from tinyinduct.config import (DataConfig, LoggerConfig, ModelConfig, OptimConfig,
-                                   RunConfig, TrainConfig)
+    from tinyinduct.config import (
+        DataConfig,
+        LoggerConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        TrainConfig,
+    )
 
     base = {"model": dict(d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=64),
             "data": dict(d_vocab=64, seq_len=32, min_copy_len=4, max_copy_len=12, batch_size=8,
@@ -231,10 +237,9 @@ def test_warmup_longer_than_the_run_warns_once(capsys):
 
 
 def test_memory_estimate_follows_the_sizes_and_refuses_what_cannot_fit():
+    from tinyinduct import AttnOnlyTransformer
     from tinyinduct.config import ConfigError
     from tinyinduct.memory import available_bytes, check_memory, estimate_bytes, parameter_count
-
-    from tinyinduct import AttnOnlyTransformer
 
     for extra in ({}, {"attn_bias": True, "normalization": "LN"}):
         cfg = tiny_config(model=extra)

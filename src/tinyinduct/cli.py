@@ -33,17 +33,20 @@ ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
 def hydra_quote(value: str) -> str:
-    """`value` as a quoted string of Hydra's override grammar: `,`, `=`, spaces and any other
-    character stay part of the one value; `${` stays literal rather than an interpolation."""
+    """`value` as Hydra's override grammar reads it back: as it is where it parses to itself
+    (`/runs/a-1`), else a quoted string in which `,`, `=`, spaces and any other character stay
+    part of the one value, and `${` stays literal rather than an interpolation."""
+    if "${" not in value and _override_value(f"key={value}") == value:
+        return value
     escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # before a quote, or last
     return "'" + escaped.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
-def resume_command(run_dir: Path) -> str:
-    """This command line again, continuing `run_dir` (quoted for Hydra, then for the shell)."""
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-    program = "python scripts/train.py" if sys.argv[0].endswith(".py") else "tinyinduct-train"
-    return " ".join([program, *map(shlex.quote, overrides),
+def resume_command(run_dir: Path, overrides: list, program: str) -> str:
+    """`program` with `overrides` again, continuing `run_dir` (quoted for Hydra, then for the
+    shell: a directory with `,`, `=`, spaces or any other character resumes as it is)."""
+    kept = [o for o in overrides if not o.startswith("resume=")]
+    return " ".join([program, *map(shlex.quote, kept),
                      shlex.quote(f"resume={hydra_quote(str(run_dir))}")])
 
 
@@ -87,7 +90,6 @@ def check_known_keys(cfg: DictConfig, schema: object = None, prefix: str = "") -
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def app(cfg: DictConfig) -> dict:
     config_composed()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         check_known_keys(cfg)
         run_cfg = OmegaConf.to_object(cfg)
@@ -106,15 +108,16 @@ def app(cfg: DictConfig) -> dict:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         summary = train(run_cfg, run_dir)
     except (ConfigError, OmegaConfBaseException) as err:  # e.g. an unresolvable interpolation
-        if not (run_dir / "config.yaml").exists():  # refused before it started
-            remove_refused_run_dir(Path(HydraConfig.get().runtime.output_dir))
+        remove_refused_run_dir(Path(HydraConfig.get().runtime.output_dir))  # Hydra's files only
         print(f"error: {err if isinstance(err, ConfigError) else describe(err)}",
               file=sys.stderr)
         sys.exit(2)
     finished = summary.get("status") == "finished"
     print(format_summary(summary, run_dir), file=sys.stdout if finished else sys.stderr)
     if summary.get("status") == "interrupted":
-        print(f"Resume with: {resume_command(run_dir)}", file=sys.stderr)
+        program = "python scripts/train.py" if sys.argv[0].endswith(".py") else "tinyinduct-train"
+        command = resume_command(run_dir, list(HydraConfig.get().overrides.task), program)
+        print(f"Resume with: {command}", file=sys.stderr)
     print(f"Whole process: {time.perf_counter() - IMPORT_START:.1f} s.")
     if summary.get("wandb_dir") and run_cfg.logger.mode == "offline":
         where = (summary["wandb_dir"] if summary.get("resumed_from_step") is None
