@@ -95,8 +95,8 @@ def test_bad_config_exits_early_in_one_line(results, name):
 
 def test_a_refused_run_leaves_no_outputs_folder_and_keeps_a_given_directory(tmp_path):
     """Without hydra.run.dir Hydra makes outputs/<date>/<time>/ with .hydra/ and train.log: a
-    refused run removes them all; a directory the user named that existed is kept, with the
-    user's files in it."""
+    refused run removes them all; an empty directory the user named is kept (emptied of Hydra's
+    files), and one holding anything else is left as it was."""
     import subprocess
     import sys
 
@@ -113,7 +113,7 @@ def test_a_refused_run_leaves_no_outputs_folder_and_keeps_a_given_directory(tmp_
                               timeout=120, stdin=subprocess.DEVNULL)
         assert proc.returncode == 2 and "model.n_heads" in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mine"]  # no outputs/
-    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # .hydra/ gone, notes kept
+    assert (mine / "notes.txt").read_text() == "keep me"  # a folder with other files: untouched
     assert list(empty.iterdir()) == []  # existed before: kept, emptied of Hydra's files
 
 

@@ -141,3 +141,32 @@ def test_printed_resume_command_names_the_directory_for_hydra_and_the_shell(name
     assert OmegaConf.create({"resume": override.value()}).resume == run_dir
     if name == "plain-run_1":
         assert argv[-1] == f"resume={run_dir}"  # no quotes where none are needed
+
+
+def test_the_printed_resume_command_reaches_a_directory_with_commas_spaces_and_accents(
+        tmp_path):
+    """The printed command, run as printed, on a finished run: Hydra reads the quoted directory
+    back, the run directory follows it, and the resume is refused for the right reason (the run
+    is finished), not "no checkpoint" or "Ambiguous value"."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import ROOT, child_env
+
+    from tinyinduct.cli import hydra_quote, resume_command
+
+    def train_script(*args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              timeout=300, env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL)
+
+    run_dir = tmp_path / "lr=1e-2, seed 3 (café)"
+    quick = [*TINY_OVERRIDES, "logger.mode=disabled", "train.steps=20"]
+    first = train_script("scripts/train.py", f"hydra.run.dir={hydra_quote(str(run_dir))}", *quick)
+    assert first.returncode == 0, first.stderr
+    argv = shlex.split(resume_command(run_dir, quick, "python scripts/train.py"))
+    again = train_script(*argv[1:])
+    assert again.returncode == 2, again.stderr
+    assert again.stderr.strip() == (f"error: invalid config: resume={str(run_dir)!r}: that run "
+                                    "already finished its train.steps=20")
+    assert "resume=" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # ran in run_dir
