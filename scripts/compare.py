@@ -4,12 +4,14 @@
     python scripts/compare.py multirun/composition_sweep/2026-11-25_16-00-00
     python scripts/compare.py SWEEP_DIR --figure docs/composition_sweep.png --table sweep.md
 
-Reads every run directory under SWEEP_DIR (config.yaml, metrics.jsonl, summary.json), prints a
-Markdown table (one row per condition: runs, how many formed an induction head, phase change
-step mean ± sd, mechanism verdicts, final losses), names every run that failed or has not
-finished, and writes the figure (default SWEEP_DIR/compare.png), the table
-(default SWEEP_DIR/compare.md) and a self-contained page with both (SWEEP_DIR/compare.html,
-opens offline). Works on a sweep still running.
+Reads every run directory under SWEEP_DIR (config.yaml, metrics.jsonl, summary.json; each seed
+of a `train.n_seeds > 1` job is a run), prints a Markdown table (one row per condition: runs, how
+many formed an induction head, phase change step mean ± sd, mechanism verdicts, final losses) over
+the finished runs, names every run that failed, was interrupted or has not finished (with the
+step it reached), lists every directory it skipped (a file it cannot read, with the reason), and
+writes the figure (default SWEEP_DIR/compare.png), the table (default SWEEP_DIR/compare.md) and
+a self-contained page with both (SWEEP_DIR/compare.html, opens offline).
+Works on a sweep still running.
 """
 
 import argparse
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from tinyinduct.report import write_sweep_report
 from tinyinduct.sweep_plots import plot_sweep
-from tinyinduct.sweep_report import condition_row, load_sweep, markdown_table, run_problems
+from tinyinduct.sweep_report import STATES, condition_row, load_sweep, markdown_table, run_problems
 
 
 def main(argv=None) -> int:
@@ -30,19 +32,22 @@ def main(argv=None) -> int:
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
-    conditions = load_sweep(args.sweep_dir)
+    skipped = []
+    conditions = load_sweep(args.sweep_dir, skipped)
+    skipped = [f"skipped: {line}" for line in skipped]
     if not conditions:
-        print(f"error: no runs under {args.sweep_dir} (no config.yaml found)", file=sys.stderr)
+        found = "no config.yaml found" if not skipped else f"{len(skipped)} skipped"
+        print("\n".join([f"error: no runs under {args.sweep_dir} ({found})", *skipped]),
+              file=sys.stderr)
         return 2
 
     table = markdown_table([condition_row(c) for c in conditions])
     problems = run_problems(conditions)
-    counts = {s: sum(len(c.with_state(s)) for c in conditions)
-              for s in ("finished", "failed", "incomplete")}
-    status = ", ".join(f"{n} {s}" for s, n in counts.items())
+    counts = {s: sum(len(c.with_state(s)) for c in conditions) for s in STATES}
+    status = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "interrupted")
     report = [f"{args.sweep_dir}: {sum(counts.values())} runs ({status})", "", table]
-    if problems:
-        report += ["", *problems]
+    if problems or skipped:
+        report += ["", *problems, *skipped]
     text = "\n".join(report)
     print(text)
 

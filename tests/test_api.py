@@ -9,7 +9,7 @@ import pytest
 import tinyinduct
 
 MODULES = ["config", "model", "data", "metrics", "evaluate", "train", "tracking", "runs",
-           "interop", "resources"]
+           "interop", "resources", "memory"]
 
 
 def public_functions(module):

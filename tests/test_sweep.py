@@ -229,3 +229,191 @@ def test_compare_attributes_runs_whose_summary_has_no_mechanism(sweep):
     (old / "summary.json").write_text(json.dumps(summary))
     assert load_sweep_run(old).summary["mechanism"] == recorded
     shutil.rmtree(old)
+
+
+# --- any sweep a user can make, and folders holding files tinyinduct did not write -------------
+
+def tiny_run_config(**changes):
+    """The config dict a tiny run writes to config.yaml, with `changes` ({"seed": 1,
+    "train.steps": 120, ...}) applied."""
+    from tinyinduct.config import (
+        DataConfig,
+        LoggerConfig,
+        ModelConfig,
+        RunConfig,
+        TrainConfig,
+        to_dict,
+    )
+
+    cfg = to_dict(RunConfig(
+        device="cpu", model=ModelConfig(d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=64),
+        data=DataConfig(d_vocab=64, seq_len=32, min_copy_len=4, max_copy_len=12, batch_size=8,
+                        eval_batch_size=16),
+        train=TrainConfig(steps=60, eval_every=20, checkpoint_every=40),
+        logger=LoggerConfig(mode="disabled", progress=False)))
+    for key, value in changes.items():
+        *sections, name = key.split(".")
+        target = cfg
+        for section in sections:
+            target = target[section]
+        target[name] = value
+    return cfg
+
+
+def write_run(run_dir, config, last_step, summary=None):
+    """A run directory as the loop writes it: config.yaml, metrics.jsonl up to `last_step` (every
+    20 steps), summary.json unless `summary` is None."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"step": s, "tokens": s * 256, "train/loss": 4.0 - s / 100,
+             "heads/induction/L1H0": s / 100, "heads/induction/L1H1": 0.1,
+             "eval/loss_second_copy": 4.0 - s / 30} for s in range(0, last_step + 1, 20)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def finished_summary(step=60, **extra):
+    return {"status": "finished", "exit_code": 0, "last_step": step, "steps": step,
+            "induction_formed": False, "phase_change_step": None, "best_induction_score": 0.6,
+            "final_loss_second_copy": 2.0, "final_loss_first_copy": 4.0,
+            "final_train_loss": 3.4, "mechanism": "K", **extra}
+
+
+@pytest.fixture(scope="module")
+def mixed_sweep(tmp_path_factory):
+    """Plain runs, a two-seed job (one seed finished, one stopped by Ctrl-C), a killed run, a run
+    stopped by Ctrl-C before the loop could write its summary, a longer budget, a real run
+    trained through the Python API, and folders that are not runs at all."""
+    from tinyinduct import train
+    from tinyinduct.config import run_config_from_dict
+
+    root = tmp_path_factory.mktemp("mixed") / "sweep"
+    write_run(root / "plain" / "0", tiny_run_config(), 60, finished_summary())
+    write_run(root / "plain" / "1", tiny_run_config(**{"model.blocked_composition": ["K"]}), 60,
+              finished_summary())
+    job = root / "job"
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text(yaml.safe_dump(tiny_run_config(seed=1, **{
+        "train.n_seeds": 2})))
+    interrupted = {"status": "interrupted", "exit_code": 130, "interrupted_by": "SIGINT",
+                   "last_step": 40, "steps": 40}
+    (job / "summary.json").write_text(json.dumps({
+        "status": "interrupted", "exit_code": 130, "n_seeds": 2, "seeds": [1, 2],
+        "best_induction_score": [0.6, 0.3], "seed_summaries": {
+            "1": finished_summary(), "2": interrupted}}))
+    write_run(job / "seed1", tiny_run_config(seed=1), 60, finished_summary())
+    write_run(job / "seed2", tiny_run_config(seed=2), 40, interrupted)
+    write_run(root / "killed", tiny_run_config(seed=3), 20)  # kill -9: no summary.json
+    write_run(root / "ctrl_c_early", tiny_run_config(seed=4), 20, {
+        "status": "interrupted", "error": "KeyboardInterrupt: ", "steps": 20})
+    write_run(root / "longer", tiny_run_config(seed=5, **{"train.steps": 120}), 120,
+              finished_summary(120))
+    api = root / "api"
+    config = tiny_run_config(seed=6)
+    summary = train(run_config_from_dict(config), api)
+    assert summary["status"] == "finished"
+    if not (api / "config.yaml").exists():  # the loop writes it itself; older loops did not
+        (api / "config.yaml").write_text(yaml.safe_dump(config))
+
+    (root / "notes").mkdir()
+    (root / "notes" / "config.yaml").write_text("- lr\n- epochs\n")
+    (root / "broken").mkdir()
+    (root / "broken" / "config.yaml").write_text("model: [1, 2\n")
+    (root / "other_tool").mkdir()
+    (root / "other_tool" / "config.yaml").write_text("lr: 0.1\nepochs: 3\n")
+    write_run(root / "corrupt_summary", tiny_run_config(seed=7), 60)
+    (root / "corrupt_summary" / "summary.json").write_text('{"status": "fini')
+    (root / "empty_job").mkdir()
+    (root / "empty_job" / "config.yaml").write_text(yaml.safe_dump(tiny_run_config(**{
+        "train.n_seeds": 3})))
+    return root
+
+
+def compare_main(*args: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_script", COMPARE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(list(args))
+
+
+def test_compare_reads_jobs_interrupted_killed_api_and_foreign_folders(mixed_sweep, capsys):
+    assert compare_main(str(mixed_sweep)) == 0
+    out = capsys.readouterr().out
+    root = str(mixed_sweep)
+    assert f"{root}: 8 runs (5 finished, 0 failed, 2 interrupted, 1 incomplete)" in out
+    table = [line for line in out.splitlines() if line.startswith("| positional=")]
+    assert [row.split(" | ")[:2] for row in table] == [
+        ["| positional=standard, blocked=none, steps=60", "3 (+2 interrupted, 1 incomplete)"],
+        ["| positional=standard, blocked=none, steps=120", "1"],  # folders in name order
+        ["| positional=standard, blocked=K, steps=60", "1"]]
+    lines = out.splitlines()
+
+    def line_about(prefix, where):
+        return next(x for x in lines if x.startswith(prefix) and f"{root}/{where} " in x + " ")
+
+    assert "stopped by SIGINT at step 40 of 60" in line_about("interrupted:", "job/seed2")
+    assert "at step 20 of 60" in line_about("interrupted:", "ctrl_c_early")
+    assert "no summary.json, at step 20 of 60" in line_about("incomplete", "killed")
+    skipped = [x for x in lines if x.startswith("skipped: ")]
+    assert len(skipped) == 5, skipped
+    assert any(f"{root}/notes/config.yaml: a YAML list" in x for x in skipped)
+    assert any(f"{root}/broken/config.yaml: invalid YAML at line" in x for x in skipped)
+    assert any(f"{root}/other_tool/config.yaml: not a tinyinduct config (unknown keys "
+               "epochs, lr)" in x for x in skipped)
+    assert any(f"{root}/corrupt_summary/summary.json: invalid JSON" in x for x in skipped)
+    assert any(f"{root}/empty_job: a job of 3 seeds with no seed<s>/ run yet" in x
+               for x in skipped)
+    assert f"{root}/job " not in out and f"{root}/job:" not in out  # the job is not a run
+
+
+def test_load_sweep_groups_each_seed_of_a_job_as_a_run(mixed_sweep):
+    from tinyinduct.sweep_report import NotARun, load_sweep, load_sweep_run
+
+    skipped = []
+    runs = {str(r.run_dir.relative_to(mixed_sweep)): r
+            for c in load_sweep(mixed_sweep, skipped) for r in c.runs}
+    assert sorted(runs) == ["api", "ctrl_c_early", "job/seed1", "job/seed2", "killed", "longer",
+                            "plain/0", "plain/1"]
+    assert {k: r.state for k, r in runs.items() if r.state != "finished"} == {
+        "ctrl_c_early": "interrupted", "job/seed2": "interrupted", "killed": "incomplete"}
+    assert runs["job/seed2"].last_step == 40 and runs["job/seed1"].seed == 1
+    assert runs["api"].rows[-1]["step"] == 60 and runs["api"].summary["status"] == "finished"
+    with pytest.raises(NotARun, match="the directory of a job of 2 seeds"):
+        load_sweep_run(mixed_sweep / "job")
+
+
+def test_compare_on_a_folder_of_foreign_files_only_names_them(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.yaml").write_text(": : :\n")
+    proc = run_script(str(COMPARE_SCRIPT), str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"no runs under {tmp_path} (1 skipped)" in proc.stderr
+    assert f"skipped: {tmp_path}/x/config.yaml: invalid YAML" in proc.stderr
+
+
+def test_load_run_names_a_corrupt_checkpoint_or_summary(mixed_sweep, tmp_path):
+    from tinyinduct import load_run
+    from tinyinduct.runs import RunFileError
+
+    run_dir = tmp_path / "api"
+    shutil.copytree(mixed_sweep / "api", run_dir)
+    assert load_run(run_dir).step == 60
+    (run_dir / "summary.json").write_text("{oops")
+    with pytest.raises(RunFileError, match=f"^{run_dir}/summary.json: not valid JSON"):
+        load_run(run_dir)
+    (run_dir / "summary.json").write_text("[]")
+    with pytest.raises(RunFileError, match="a JSON list, not a run summary"):
+        load_run(run_dir)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    checkpoint.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(RunFileError) as info:
+        load_run(run_dir)
+    assert str(info.value) == f"not a tinyinduct checkpoint: {checkpoint}"
+    import torch
+
+    torch.save({"weights": torch.zeros(2)}, checkpoint)  # a real torch file, someone else's
+    with pytest.raises(RunFileError, match="not a tinyinduct checkpoint: .*no config, model"):
+        load_run(run_dir)

@@ -116,3 +116,56 @@ def test_one_layer_run_summary_reads_cleanly(tmp_path):
     assert summary["best_induction_head"] is None and not summary["induction_formed"]
     text = format_summary(summary, tmp_path / "one")
     assert "a one-layer model has no layer-1 head" in text and "None" not in text
+
+
+@pytest.mark.parametrize("name", ["plain-run_1", "a,b", "key=value", "two words", "café ü",
+                                  "it's", "back\\slash\\", "dollar${x}", "[1,2]", "null", "42"])
+def test_printed_resume_command_names_the_directory_for_hydra_and_the_shell(name):
+    """The override the "Resume with:" line prints, split as a shell splits it and parsed by
+    Hydra's own override parser (then resolved as OmegaConf resolves it), is the directory."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from tinyinduct.cli import resume_command
+
+    run_dir = f"/tmp/runs/{name}"
+    command = resume_command(run_dir, ["seed=3", "resume=/old", "train.steps=60"],
+                             "python scripts/train.py")
+    argv = shlex.split(command)
+    assert argv[:4] == ["python", "scripts/train.py", "seed=3", "train.steps=60"]
+    override = OverridesParser.create().parse_override(argv[-1])
+    assert override.key_or_group == "resume" and not override.is_sweep_override()
+    assert OmegaConf.create({"resume": override.value()}).resume == run_dir
+    if name == "plain-run_1":
+        assert argv[-1] == f"resume={run_dir}"  # no quotes where none are needed
+
+
+def test_the_printed_resume_command_reaches_a_directory_with_commas_spaces_and_accents(
+        tmp_path):
+    """The printed command, run as printed, on a finished run: Hydra reads the quoted directory
+    back, the run directory follows it, and the resume is refused for the right reason (the run
+    is finished), not "no checkpoint" or "Ambiguous value"."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import ROOT, child_env
+
+    from tinyinduct.cli import hydra_quote, resume_command
+
+    def train_script(*args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              timeout=300, env=child_env(), cwd=ROOT, stdin=subprocess.DEVNULL)
+
+    run_dir = tmp_path / "lr=1e-2, seed 3 (café)"
+    quick = [*TINY_OVERRIDES, "logger.mode=disabled", "train.steps=20"]
+    first = train_script("scripts/train.py", f"hydra.run.dir={hydra_quote(str(run_dir))}", *quick)
+    assert first.returncode == 0, first.stderr
+    argv = shlex.split(resume_command(run_dir, quick, "python scripts/train.py"))
+    again = train_script(*argv[1:])
+    assert again.returncode == 2, again.stderr
+    assert again.stderr.strip() == (f"error: invalid config: resume={str(run_dir)!r}: that run "
+                                    "already finished its train.steps=20")
+    assert "resume=" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # ran in run_dir

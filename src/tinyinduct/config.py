@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -23,6 +24,17 @@ SCHEDULES = ("cosine", "constant")
 CLAMP_PATTERNS = ("previous_token", "induction", "uniform", "bos")
 ABLATIONS = ("zero", "mean")
 HEAD_LABEL = re.compile(r"L(\d+)H(\d+)")
+# torch's CPU generator keeps only the low 32 bits of a seed (2**32 trains exactly seed 0), and the
+# bigram chain of seed s is drawn from seed s + CHAIN_SEED_OFFSET: every seed a run uses must be
+# below 2**32.
+SEED_LIMIT = 2**32
+CHAIN_SEED_OFFSET = 1_000_003
+MAX_SEED = SEED_LIMIT - 1 - CHAIN_SEED_OFFSET
+# A copy of one token predicts nothing (the token after a copy is background): two at least, so
+# the shortest sequence is BOS plus two copies of two.
+MIN_COPY_LEN = 2
+MIN_SEQ_LEN = 1 + 2 * MIN_COPY_LEN
+WANDB_TAG_MAX = 64  # W&B refuses longer tags (and empty ones)
 
 
 class ConfigError(ValueError):
@@ -94,6 +106,8 @@ class TrainConfig:
     # When to keep the model's weights (record/snapshots/): auto | every_eval | every:N | log:N
     # | ends, or several joined with + (snapshots.py); step 0 and the last step always.
     snapshots: str = "auto"
+    # Run even when the memory estimate exceeds what the device has free (`memory.check_memory`).
+    allow_large: bool = False
 
 
 @dataclass
@@ -174,6 +188,47 @@ def validate_model_config(cfg: ModelConfig, section: str = "model") -> None:
     _check(all(x in COMPOSITION_INPUTS for x in blocked) and len(set(blocked)) == len(blocked),
            f"{section}.blocked_composition", blocked,
            f"a list of distinct inputs among {', '.join(COMPOSITION_INPUTS)}")
+    # only layers >= 1 have inputs to block: on one layer the setting would do nothing
+    _check(not blocked or cfg.n_layers >= 2, f"{section}.blocked_composition", blocked,
+           f"blocks inputs of layers >= 1: needs {section}.n_layers >= 2 (it is {cfg.n_layers})")
+
+
+def _validate_seeds(cfg: RunConfig) -> None:
+    n = cfg.train.n_seeds
+    _positive("train", cfg.train, "n_seeds")
+    _check(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed,
+           f"must be in [0, {MAX_SEED}] (torch's CPU generator keeps 32 bits of a seed: larger or "
+           "negative seeds repeat other runs)")
+    last = cfg.seed + n - 1
+    _check(last <= MAX_SEED, "train.n_seeds", n,
+           f"seeds {cfg.seed}..{last} pass {MAX_SEED}, the largest seed that repeats no other run: "
+           f"at most {MAX_SEED - cfg.seed + 1} from seed={cfg.seed}")
+
+
+def _validate_lengths(d: DataConfig, m: ModelConfig) -> None:
+    # data.seq_len follows model.n_ctx by default: name the field the user most likely typed
+    follows = d.seq_len == m.n_ctx
+    length_field = "model.n_ctx" if follows else "data.seq_len"
+    _check(d.seq_len >= MIN_SEQ_LEN, length_field, m.n_ctx if follows else d.seq_len,
+           f"must be >= {MIN_SEQ_LEN} (BOS plus two copies of at least {MIN_COPY_LEN} tokens)"
+           + ("; data.seq_len follows it" if follows else ""))
+    _check(d.seq_len <= m.n_ctx, "data.seq_len", d.seq_len, f"must be <= model.n_ctx ({m.n_ctx})")
+    _check(d.min_copy_len >= MIN_COPY_LEN, "data.min_copy_len", d.min_copy_len,
+           f"must be >= {MIN_COPY_LEN} (a copy of one token has nothing to predict)")
+    _check(d.max_copy_len >= d.min_copy_len, "data.max_copy_len", d.max_copy_len,
+           f"must be >= data.min_copy_len ({d.min_copy_len})")
+    fits = (d.seq_len - 1) // 2
+    follow_note = ", which follows model.n_ctx" if follows else ""
+    _check(1 + 2 * d.max_copy_len <= d.seq_len, "data.max_copy_len", d.max_copy_len,
+           f"two copies plus BOS must fit in data.seq_len ({d.seq_len}{follow_note}): at most "
+           f"{fits}, or {length_field} >= {1 + 2 * d.max_copy_len}")
+
+
+def _validate_tags(tags: List[str]) -> None:
+    for tag in tags:
+        _check(isinstance(tag, str) and 1 <= len(tag) <= WANDB_TAG_MAX, "logger.tags", tag,
+               f"each W&B tag must be 1 to {WANDB_TAG_MAX} characters (this one has "
+               f"{len(str(tag))})")
 
 
 def parameter_names(cfg: ModelConfig) -> List[str]:
@@ -233,9 +288,9 @@ def validate_run_config(cfg: RunConfig) -> None:
     validate_model_config(cfg.model)
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
     _check(cfg.device in DEVICES, "device", cfg.device, f"allowed: {', '.join(DEVICES)}")
+    _validate_seeds(cfg)
     _check(d.kind in DATA_KINDS, "data.kind", d.kind, f"allowed: {', '.join(DATA_KINDS)}")
-    _positive("data", d, "seq_len", "batch_size", "eval_batch_size", "min_copy_len",
-              "bigram_successors")
+    _positive("data", d, "seq_len", "batch_size", "eval_batch_size", "min_copy_len")
     # with one token besides BOS every sequence is constant: no copy to find, a zero first-copy
     # loss to divide by
     _check(d.d_vocab >= 3, "data.d_vocab", d.d_vocab, "must be >= 3 (BOS plus two tokens)")
@@ -243,14 +298,11 @@ def validate_run_config(cfg: RunConfig) -> None:
            "must be >= 8 (the probe holds copies at up to four lengths, twice over)")
     _check(d.d_vocab <= m.d_vocab, "data.d_vocab", d.d_vocab,
            f"must be <= model.d_vocab ({m.d_vocab})")
-    _check(d.seq_len <= m.n_ctx, "data.seq_len", d.seq_len, f"must be <= model.n_ctx ({m.n_ctx})")
-    _check(d.max_copy_len >= d.min_copy_len, "data.max_copy_len", d.max_copy_len,
-           f"must be >= data.min_copy_len ({d.min_copy_len})")
-    _check(1 + 2 * d.max_copy_len <= d.seq_len, "data.max_copy_len", d.max_copy_len,
-           f"two copies plus BOS must fit in data.seq_len ({d.seq_len}): "
-           f"at most {(d.seq_len - 1) // 2}")
-    _check(d.bigram_successors < d.d_vocab, "data.bigram_successors", d.bigram_successors,
-           f"must be < data.d_vocab ({d.d_vocab})")
+    _validate_lengths(d, m)
+    if d.kind == "bigram":  # the field means nothing to the uniform background
+        _positive("data", d, "bigram_successors")
+        _check(d.bigram_successors < d.d_vocab, "data.bigram_successors", d.bigram_successors,
+               f"must be < data.d_vocab ({d.d_vocab})")
     _positive("optim", o, "lr")
     _finite("optim", o, "lr", "weight_decay", "grad_clip")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -262,7 +314,7 @@ def validate_run_config(cfg: RunConfig) -> None:
            f"allowed: {', '.join(SCHEDULES)}")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables)")
-    _positive("train", t, "steps", "eval_every", "checkpoint_every", "n_seeds")
+    _positive("train", t, "steps", "eval_every", "checkpoint_every")
     _check(t.stop_after_formed is None or t.stop_after_formed >= 0, "train.stop_after_formed",
            t.stop_after_formed, "a number of steps >= 0, or null (never stop early)")
     from .snapshots import SCHEDULE_FORMS, schedule_problem
@@ -278,6 +330,29 @@ def validate_run_config(cfg: RunConfig) -> None:
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode,
            f"allowed: {', '.join(LOGGER_MODES)}")
     validate_intervene_config(cfg.intervene, cfg.model)
+    _validate_tags(list(cfg.logger.tags))
+
+
+def config_warnings(cfg: RunConfig) -> List[str]:
+    """Values that work but probably not as meant (the run goes on)."""
+    warnings = []
+    if cfg.optim.warmup_steps > cfg.train.steps:
+        warnings.append(f"optim.warmup_steps={cfg.optim.warmup_steps} is longer than the run "
+                        f"(train.steps={cfg.train.steps}): the learning rate never reaches "
+                        f"optim.lr={cfg.optim.lr}")
+    return warnings
+
+
+_WARNED: set = set()
+
+
+def warn_once(cfg: RunConfig) -> List[str]:
+    """Print each of `config_warnings(cfg)` to stderr, once per process; return those printed."""
+    printed = [w for w in config_warnings(cfg) if w not in _WARNED]
+    for warning in printed:
+        _WARNED.add(warning)
+        print(f"warning: {warning}", file=sys.stderr)
+    return printed
 
 
 def to_dict(cfg: Any) -> dict:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from .config import DataConfig
+from .config import CHAIN_SEED_OFFSET, DataConfig
 
 BOS = 0
 
@@ -74,7 +74,7 @@ class RepeatedSegmentData:
         self.successors: torch.Tensor | None = None  # [d_vocab, k] for kind=bigram
         if cfg.kind == "bigram":
             # the chain is part of the data distribution: fixed by the seed, on its own generator
-            chain = torch.Generator(self.device).manual_seed(seed + 1_000_003)
+            chain = torch.Generator(self.device).manual_seed(seed + CHAIN_SEED_OFFSET)
             self.successors = torch.randint(1, cfg.d_vocab, (cfg.d_vocab, cfg.bigram_successors),
                                             generator=chain, device=self.device)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from typing import Callable
 
@@ -29,6 +30,10 @@ def describe(err: Exception) -> str:
         return first.removeprefix("In 'train': ") + options
     if isinstance(err, OverrideParseException):
         return f"cannot parse override {err.override!r}: {first}"
+    group = re.match(r"Could not override '([\w/.]+)'\. No match in the defaults list", first)
+    if group:  # a group the defaults list does not hold (experiment/): it is added with +
+        given = next((a for a in sys.argv[1:] if a.startswith(f"{group[1]}=")), None)
+        return f"{first} Add it with a +: {'+' + given if given else '+' + group[1] + '=...'}"
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
         msg = (cause.msg or first).strip().splitlines()[0]

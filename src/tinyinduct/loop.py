@@ -25,12 +25,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .config import ConfigError, RunConfig, to_dict, validate_run_config
+from .config import ConfigError, RunConfig, to_dict, validate_run_config, warn_once
 from .data import RepeatedSegmentData
 from .evaluate import eval_batches, evaluate, partner_summary, picture_index, write_pictures
 from .guard import NonFiniteGuard
 from .interrupt import StopSignals
 from .interventions import describe, drop_frozen_grads, graft, intervened, intervention_hooks
+from .memory import check_memory
 from .metrics import best_induction_head
 from .model import AttnOnlyTransformer
 from .phase import formed_at, phase_change_row
@@ -486,6 +487,9 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool | None = None) -> 
     while the others train on. `summary["exit_code"]` is what a command line should exit with.
     """
     validate_run_config(cfg)
+    check_memory(cfg, str(resolve_device(cfg.device)))  # too big: ConfigError, nothing built
+    if not cfg.resume:  # a resumed run was warned when it started
+        warn_once(cfg)
     lock = claim(Path(run_dir), resuming=bool(cfg.resume))  # refused: RunDirError, nothing built
     try:
         return Loop(cfg, Path(run_dir), progress).run()

@@ -17,7 +17,7 @@ import torch
 from .atomic import write_text_atomic
 from .config import ConfigError, RunConfig, to_dict
 from .data import RepeatedSegmentData
-from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state
+from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state, read_checkpoint
 from .tracking import METRICS_FILE, read_metrics
 
 # Config fields a resumed run may change: none of them alters what is computed.
@@ -103,7 +103,7 @@ def load_resume_point(cfg: RunConfig, run_dir: Path, device: torch.device) -> Re
         raise ConfigError("resume", cfg.resume, f"no checkpoint at {path}: give the directory "
                           "of a run that wrote one")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         saved = _flatten(state["config"])
         step, saved_device = state["step"], state["device"]
     except Exception as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
@@ -9,7 +10,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 
 from .atomic import write_atomic
-from .config import RunConfig, run_config_from_dict, to_dict
+from .config import ConfigError, RunConfig, run_config_from_dict, to_dict
 from .model import AttnOnlyTransformer
 from .snapshots import load_snapshot, snapshot_steps
 from .tracking import METRICS_FILE, SUMMARY_FILE, read_metrics
@@ -71,23 +72,59 @@ class Run:
         return replay(self, fn, steps)
 
 
+class RunFileError(ValueError):
+    """A file in a run directory that tinyinduct cannot read: the message names it and why."""
+
+
+def read_checkpoint(path: Path, device: str | None = "cpu") -> Dict[str, Any]:
+    """A checkpoint's contents; `RunFileError` for a file that is not a tinyinduct checkpoint."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise
+    except Exception:  # random bytes, a foreign pickle, a truncated file
+        raise RunFileError(f"not a tinyinduct checkpoint: {path}") from None
+    if not isinstance(state, dict) or not {"config", "model", "step"} <= set(state):
+        raise RunFileError(f"not a tinyinduct checkpoint: {path} (no config, model and step)")
+    return state
+
+
+def read_summary(path: Path) -> Dict[str, Any]:
+    """summary.json as a mapping ({} where there is none); `RunFileError` when it is corrupt."""
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunFileError(f"{path}: not valid JSON ({type(err).__name__})") from None
+    if not isinstance(summary, dict):
+        raise RunFileError(f"{path}: a JSON {type(summary).__name__}, not a run summary")
+    return summary
+
+
 def load_run(run_dir: str | Path, checkpoint: str = LAST_CHECKPOINT,
              device: str | None = "cpu") -> Run:
-    """Open a run directory written by `tinyinduct.train` (or `scripts/train.py`)."""
+    """Open a run directory written by `tinyinduct.train` (or `scripts/train.py`).
+
+    A file tinyinduct did not write (random bytes as a checkpoint, a corrupt summary.json)
+    raises `RunFileError` naming the file and the problem."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_DIR / checkpoint
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: is {run_dir} a tinyinduct run dir?")
-    state = torch.load(path, map_location=device, weights_only=True)
-    config = run_config_from_dict(state["config"])
+    state = read_checkpoint(path, device)
+    try:
+        config = run_config_from_dict(state["config"])
+    except (ConfigError, TypeError, AttributeError) as err:
+        raise RunFileError(f"{path}: the config inside is not a valid run config ({err})") \
+            from None
     model = AttnOnlyTransformer(config.model).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError):
+        raise RunFileError(f"{path}: its weights do not fit the model its config describes") \
+            from None
     model.eval()
-    summary_path = run_dir / SUMMARY_FILE
-    summary = {}
-    if summary_path.exists():
-        import json
-
-        summary = json.loads(summary_path.read_text())
+    summary = read_summary(run_dir / SUMMARY_FILE)
     return Run(model, config, read_metrics(run_dir / METRICS_FILE), summary, run_dir,
                state["step"])

@@ -134,8 +134,10 @@ class Tracker:
         except Exception as err:  # W&B trouble never stops training: local files stay complete
             then = ("logging offline instead (sync later with `wandb sync`)" if mode == "online"
                     else f"logging to {self.run_dir / METRICS_FILE} only")
-            print(f"W&B {mode} unavailable ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0] if str(err) else ''}); {then}.", file=sys.stderr)
+            reason = " ".join(str(err).split())  # the whole reason, on one line (pydantic's
+            # first line is only "1 validation error for Settings")
+            print(f"W&B {mode} unavailable ({type(err).__name__}: {reason}); {then}.",
+                  file=sys.stderr)
             return None
 
     def _wandb_failed(self, err: Exception) -> None:
