@@ -8,7 +8,8 @@ import pytest
 
 import tinyinduct
 
-MODULES = ["config", "model", "data", "metrics", "evaluate", "train", "tracking", "runs",
+MODULES = ["config", "model", "data", "metrics", "evaluate", "loop", "stack", "summary",
+           "snapshots", "replay", "record", "hooks", "interventions", "rundir", "tracking", "runs",
            "interop", "resources", "memory"]
 
 

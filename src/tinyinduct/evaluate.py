@@ -75,7 +75,8 @@ def in_distribution(probe: Batch) -> torch.Tensor:  # [batch] bool
     return inside if bool(inside.any()) else torch.ones_like(inside)
 
 
-def scores_by_length(cache, probe: Batch, n_layers: int) -> Dict[str, float]:
+def scores_by_length(cache: Dict[str, torch.Tensor], probe: Batch,
+                     n_layers: int) -> Dict[str, float]:
     """`heads/induction_len{L}/L{l}H{h}`: the induction score on the probe's copies of each
     length L, in and out of the training range."""
     row: Dict[str, float] = {}
@@ -91,7 +92,7 @@ def scores_by_length(cache, probe: Batch, n_layers: int) -> Dict[str, float]:
     return row
 
 
-def _rows_of(cache, pick: torch.Tensor, n_layers: int) -> Dict[str, torch.Tensor]:
+def _rows_of(cache: Dict[str, torch.Tensor], pick: torch.Tensor, n_layers: int) -> Dict[str, torch.Tensor]:
     """The attention patterns of the chosen probe sequences."""
     keys = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
     return {k: cache[k][pick] for k in keys}

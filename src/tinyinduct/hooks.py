@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -86,7 +86,8 @@ def describe_names(names: Iterable[str]) -> str:
     return ", ".join(folded)
 
 
-def matching_points(points: Dict[str, HookPoint], name_or_filter) -> List[HookPoint]:
+def matching_points(points: Dict[str, HookPoint], name_or_filter: str | NameFilter
+                    ) -> List[HookPoint]:
     """The points a name (exact) or a filter function selects; an unknown name is a ValueError
     naming it and listing the known ones."""
     if callable(name_or_filter):
@@ -176,7 +177,7 @@ class ActivationCache(dict):
     `cache["q", 0]`, `cache["resid_pre", -1]` (negative layers count from the end),
     `cache["embed"]`."""
 
-    def __init__(self, data=(), n_layers: int | None = None):
+    def __init__(self, data: Any = (), n_layers: int | None = None):
         super().__init__(data)
         self.n_layers = n_layers
 

@@ -19,7 +19,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, ContextManager, Dict, List
 
 import torch
 import yaml
@@ -232,7 +232,7 @@ class Loop:
 
     # --- per-seed bookkeeping ---
 
-    def intervened(self, model: AttnOnlyTransformer):
+    def intervened(self, model: AttnOnlyTransformer) -> ContextManager[AttnOnlyTransformer]:
         """Evaluation sees the interventions training sees (none: the model as it is)."""
         if self.spec.clamp_pattern or self.spec.ablate:
             return intervened(model, self.spec)
@@ -400,7 +400,7 @@ class Loop:
             self.ended += self.seeds
         return self.overall_summary(train_seconds)
 
-    def evaluate_all(self, step: int, bar) -> None:
+    def evaluate_all(self, step: int, bar: tqdm) -> None:
         train_losses = (self.loss_sum / self.steps_since_eval).tolist()  # one sync per interval
         self.loss_sum.zero_()
         self.steps_since_eval = 0

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Dict, Iterable, Iterator, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -387,7 +387,7 @@ class AttnOnlyTransformer(nn.Module):
             logits = self.forward(tokens, **kwargs)
         return logits, cache
 
-    def add_hook(self, name_or_filter, hook: HookFn) -> None:
+    def add_hook(self, name_or_filter: str | Callable[[str], bool], hook: HookFn) -> None:
         """Add a hook that stays until `reset_hooks()` (TransformerLens' `add_hook`)."""
         for point in matching_points(self.hook_dict, name_or_filter):
             point.add_hook(hook)
