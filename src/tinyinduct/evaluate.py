@@ -92,7 +92,8 @@ def scores_by_length(cache: Dict[str, torch.Tensor], probe: Batch,
     return row
 
 
-def _rows_of(cache: Dict[str, torch.Tensor], pick: torch.Tensor, n_layers: int) -> Dict[str, torch.Tensor]:
+def _rows_of(cache: Dict[str, torch.Tensor], pick: torch.Tensor,
+             n_layers: int) -> Dict[str, torch.Tensor]:
     """The attention patterns of the chosen probe sequences."""
     keys = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
     return {k: cache[k][pick] for k in keys}
