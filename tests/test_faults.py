@@ -120,8 +120,8 @@ def test_one_seed_going_non_finite_stops_alone_while_the_other_trains_on(tmp_pat
 
     real_step = loop.train_step
 
-    def poisoned(model, optimizer, scheduler, tokens, grad_clip):
-        losses = real_step(model, optimizer, scheduler, tokens, grad_clip)
+    def poisoned(model, optimizer, scheduler, tokens, grad_clip, **kwargs):
+        losses = real_step(model, optimizer, scheduler, tokens, grad_clip, **kwargs)
         if scheduler.last_epoch == 25:
             with torch.no_grad():
                 model.shell.blocks[0].attn.W_Q[1].fill_(float("nan"))
@@ -169,7 +169,8 @@ def test_disk_full_ends_in_one_line_and_a_summary(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert "File too large writing" in line and "checkpoints/last.pt" in line
+    assert "disk full or a file-size limit" in line and "writing" in line
+    assert "checkpoints/last.pt" in line and "are kept" in line
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and "File too large" in summary["error"]
+    assert summary["status"] == "failed" and "disk full or a file-size limit" in summary["error"]
     assert not list(run_dir.rglob("*.tmp"))  # nothing half-written left behind

@@ -24,6 +24,8 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, (OSError, RuntimeError)):  # torch's writer raises RuntimeError
             first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            if "unexpected pos" in first or "write failed" in first:  # torch's own writer
+                first = f"could not write the whole file, disk full or a file-size limit ({first})"
             reason = getattr(err, "strerror", None) or first
             raise OSError(getattr(err, "errno", None) or errno.EIO, reason, str(path)) from err
         raise

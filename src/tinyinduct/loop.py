@@ -173,7 +173,10 @@ class Loop:
         for k in range(cfg.train.n_seeds):
             c = seed_config(cfg, cfg.seed + k)
             directory = seed_dir(run_dir, cfg, c.seed)
-            if _prior_status(c, directory) in ("failed", "finished"):  # ended in an earlier session
+            status = _prior_status(c, directory)
+            if status in ("failed", "finished"):  # ended in an earlier session: check, keep
+                load_resume_point(c, directory, self.device, ended=cfg.train.n_seeds > 1
+                                  or status == "failed")
                 ended.append(self._ended_seed(c, directory))
                 continue
             resumed = load_resume_point(c, directory, self.device)  # bad: ConfigError, no build

@@ -89,7 +89,8 @@ class ResumePoint:
         restore_rng(self.state["rng"], data)
 
 
-def load_resume_point(cfg: RunConfig, run_dir: Path, device: torch.device) -> ResumePoint | None:
+def load_resume_point(cfg: RunConfig, run_dir: Path, device: torch.device,
+                      ended: bool = False) -> ResumePoint | None:
     """The checkpoint `cfg.resume` names, or None for a fresh run; `ConfigError` (field
     `resume` or `device`) when it is missing, unreadable, finished or from another config."""
     if not cfg.resume:
@@ -116,7 +117,7 @@ def load_resume_point(cfg: RunConfig, run_dir: Path, device: torch.device) -> Re
                               f"that run has {key}={saved.get(key)!r} but this command "
                               f"{key}={now.get(key)!r}: resume with the run's own arguments "
                               f"(see {where / 'config.yaml'})")
-    if step >= cfg.train.steps:
+    if step >= cfg.train.steps and not ended:  # `ended`: the caller knows, and only checks
         raise ConfigError("resume", cfg.resume,
                           f"that run already finished its train.steps={cfg.train.steps}")
     if saved_device != device.type:
