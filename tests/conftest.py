@@ -5,8 +5,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinyinduct.tracking import read_metrics
+
+# Tiny test models gain nothing from a second thread, and two spin-waiting OpenMP threads slow
+# many times over when another process holds a core: tests run single-threaded (the determinism
+# test sets two threads itself).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
@@ -35,6 +41,7 @@ def child_env() -> dict:
     env = dict(os.environ)
     env.pop("WANDB_SERVICE", None)  # a child must not attach to this process's W&B service
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

@@ -88,6 +88,7 @@ def results(tmp_path_factory):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.slow  # end-to-end: real processes
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_config_exits_early_in_one_line(results, name):
     run_dir, proc = results[name]
@@ -101,6 +102,7 @@ def test_bad_config_exits_early_in_one_line(results, name):
     assert not run_dir.exists()  # Hydra made it for the refused run: nothing is left behind
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_a_refused_run_leaves_no_outputs_folder_and_keeps_a_given_directory(tmp_path):
     """Without hydra.run.dir Hydra makes outputs/<date>/<time>/ with .hydra/ and train.log: a
     refused run removes them all; an empty directory the user named is kept (emptied of Hydra's
@@ -125,6 +127,7 @@ def test_a_refused_run_leaves_no_outputs_folder_and_keeps_a_given_directory(tmp_
     assert list(empty.iterdir()) == []  # existed before: kept, emptied of Hydra's files
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_shortest_sequence_trains_with_finite_losses(tmp_path):
     """The smallest sizes validation accepts give a finite loss for every copy and the probe."""
     import json

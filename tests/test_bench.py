@@ -13,6 +13,7 @@ from conftest import ROOT, child_env
 VARIANT_FIELDS = {"step_ms", "tokens_per_second", "gflops", "fraction_of_matmul_peak"}
 
 
+@pytest.mark.slow  # end-to-end: a real benchmark
 def test_quick_benchmark_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--device", "cpu",

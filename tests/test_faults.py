@@ -19,6 +19,7 @@ from tinyinduct.tracking import Tracker, read_metrics
 ABSURD_LR = ["optim.lr=1000", "optim.warmup_steps=30", "train.eval_every=20"]
 
 
+@pytest.mark.slow  # end-to-end: real processes
 @pytest.mark.parametrize("checkpoint_every,n_seeds", [(5, 1), (40, 1), (5, 2)],
                          ids=["at-checkpoint", "at-evaluation", "two-seeds"])
 def test_nan_loss_stops_keeping_the_last_good_checkpoint(tmp_path, checkpoint_every, n_seeds):
@@ -63,6 +64,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # end-to-end: real processes
 @pytest.mark.parametrize("api_key", ["x" * 40, None], ids=["no-network", "no-credentials"])
 def test_online_wandb_without_server_falls_back_to_offline(tmp_path, monkeypatch, api_key):
     # Nothing outside this machine is ever contacted: the W&B server and any proxy are a closed
@@ -148,6 +150,7 @@ def test_one_seed_going_non_finite_stops_alone_while_the_other_trains_on(tmp_pat
         == [0, 20]
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_disk_full_ends_in_one_line_and_a_summary(tmp_path):
     """A file-size limit stands in for a full disk: the first checkpoint cannot be written."""
     import resource

@@ -65,13 +65,15 @@ def shell_commands() -> list:
 
 
 def ci_commands() -> set:
-    """The commands .ci/run runs, as a user would type them (no `python -m`, no `--quiet`)."""
+    """The commands .ci/run runs, as a user would type them (no `python -m`, no `--quiet`, no
+    `--durations=N`: CI's own report of the slowest tests)."""
     out = set()
     for line in (ROOT / ".ci" / "run").read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        words = [w for w in shlex.split(line) if w != "--quiet"]
+        words = [w for w in shlex.split(line)
+                 if w != "--quiet" and not w.startswith("--durations=")]
         if words[:2] == ["python", "-m"]:
             words = words[2:]
         out.add(shlex.join(words))
@@ -235,6 +237,7 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_readme_python_examples_run_on_a_real_run(tiny_run, tmp_path):
     blocks = fenced_blocks("python")
     assert any("to_transformer_lens" in b for b in blocks)
@@ -266,6 +269,7 @@ def entry_point_command() -> list:
             f"from {module} import {func}; {func}()"]
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_console_script_is_the_app_scripts_train_runs(tmp_path):
     import runpy
 

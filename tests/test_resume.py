@@ -18,6 +18,9 @@ from wandb_records import read_run
 
 from tinyinduct.tracking import read_metrics
 
+# end-to-end: real processes stopped, killed and resumed
+pytestmark = pytest.mark.slow
+
 STEPS = 400
 # long enough to stop part-way; eval and checkpoint cadences that do not line up, so a stop
 # falls inside an evaluation interval (the running training loss must resume too)

@@ -18,6 +18,7 @@ def report_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow  # end-to-end: a real run
 def test_rows_hold_the_new_metrics(report_run):
     rows = [json.loads(line) for line in (report_run / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
@@ -33,6 +34,7 @@ def test_rows_hold_the_new_metrics(report_run):
     assert "phase_change/loss_second_copy_slope" in rows[1]
 
 
+@pytest.mark.slow  # end-to-end: a real run
 def test_summary_names_mechanism_partner_and_phase_change(report_run):
     summary = json.loads((report_run / "summary.json").read_text())
     # 60 steps of a tiny model form no head: nothing composes (a formed head: test_circuits.py
@@ -50,6 +52,7 @@ def test_summary_names_mechanism_partner_and_phase_change(report_run):
             * 8 * 32
 
 
+@pytest.mark.slow  # end-to-end: a real run
 def test_pictures_in_run_dir_and_in_wandb(report_run):
     for name in PICTURES:
         assert (report_run / "plots" / f"{name}.png").stat().st_size > 10_000, name

@@ -42,6 +42,7 @@ def test_read_only_and_too_long_directories_are_refused_in_one_line(tmp_path):
         claim(tmp_path / "file" / "run", resuming=False)
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_a_new_run_pointed_at_a_finished_run_changes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     assert run_train(run_dir, *TINY_OVERRIDES, "logger.mode=disabled").returncode == 0
@@ -54,6 +55,7 @@ def test_a_new_run_pointed_at_a_finished_run_changes_nothing(tmp_path):
     assert {p: p.read_bytes() for p in before} == before
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_sigterm_while_starting_still_ends_with_a_summary(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), f"hydra.run.dir={run_dir}",

@@ -158,6 +158,7 @@ def runs(tmp_path_factory):
     return base / "both", both, singles
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_each_seed_equals_its_single_run(runs):
     both, _, singles = runs
     for seed, single in singles.items():
@@ -174,6 +175,7 @@ def test_each_seed_equals_its_single_run(runs):
         assert summary["n_seeds_at_once"] == 2 and summary["status"] == "finished"
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_each_seed_dir_is_a_loadable_run_with_its_own_wandb_run(runs):
     both, proc, singles = runs
     for seed in (3, 4):
@@ -202,6 +204,7 @@ def test_each_seed_dir_is_a_loadable_run_with_its_own_wandb_run(runs):
     assert math.isfinite(overall["eval_fraction"])
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_bad_n_seeds_is_refused_naming_the_field(tmp_path):
     proc = run_train(tmp_path / "bad", *TINY_OVERRIDES, "train.n_seeds=0", timeout=60)
     assert proc.returncode != 0

@@ -38,6 +38,7 @@ def sweep(tmp_path_factory):
     return sweep_dir
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_multirun_writes_one_finished_run_per_condition(sweep):
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in runs] == ["0", "1"]
@@ -51,6 +52,7 @@ def test_multirun_writes_one_finished_run_per_condition(sweep):
     assert blocked == [[], ["K"]]
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_sweep_runs_share_a_wandb_group_and_carry_condition_tags(sweep):
     records = [read_run(find_run_file(sweep / n)) for n in ("0", "1")]
     assert {r["run"].run_group for r in records} == {"composition_sweep-test"}
@@ -61,6 +63,7 @@ def test_sweep_runs_share_a_wandb_group_and_carry_condition_tags(sweep):
     assert records[1]["config"]["model"]["blocked_composition"] == ["K"]
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_compare_reports_finished_failed_and_unfinished_runs(sweep, tmp_path):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(sweep, sweep_dir)
@@ -103,6 +106,7 @@ def test_compare_refuses_a_folder_without_runs(tmp_path):
     assert "no runs under" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_trained_with_k_blocked_the_layer1_keys_read_only_the_direct_path(tmp_path):
     """After training with K blocked (Hydra override -> checkpoint -> load_run), layer-1 keys are
     exactly (W_E[tok] + W_pos) @ W_K: nothing layer 0 writes reaches them."""
@@ -124,6 +128,7 @@ def test_trained_with_k_blocked_the_layer1_keys_read_only_the_direct_path(tmp_pa
     assert not torch.allclose(cache["blocks.1.attn.hook_q"], queries, atol=1e-4)  # not blocked
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_bad_blocked_composition_on_the_command_line_names_the_field(tmp_path):
     proc = run_train(tmp_path / "bad", *TINY_OVERRIDES, "model.blocked_composition=[X]",
                      timeout=60)
@@ -141,6 +146,7 @@ def test_slurm_launcher_config_composes():
     assert launcher["partition"] == "cpu" and launcher["cpus_per_task"] == 2
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_wandb_sweep_command_is_valid_hydra(tmp_path):
     """Build the command exactly as `wandb agent` does from configs/wandb_sweep.yaml, for one grid
     point, and run it: Hydra must take `model.blocked_composition=[K]` as a list."""
@@ -203,6 +209,7 @@ def test_condition_row_counts_mechanism_verdicts_and_leaves_out_unfinished_runs(
     assert condition_row(Condition("x", [run("finished")]))["mechanism"] == "n/a"
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_a_failed_run_does_not_stop_the_sweep(tmp_path):
     sweep_dir = tmp_path / "composition_sweep" / "failing"
     proc = multirun(sweep_dir, "seed=0", "model.positional=standard",
@@ -213,6 +220,7 @@ def test_a_failed_run_does_not_stop_the_sweep(tmp_path):
     assert statuses == ["failed", "finished"]  # the run after the failure still ran
 
 
+@pytest.mark.slow  # end-to-end: real multiruns
 def test_compare_attributes_runs_whose_summary_has_no_mechanism(sweep):
     """Runs from before mechanism attribution: the verdict comes from their final checkpoint."""
     import json

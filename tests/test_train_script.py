@@ -21,6 +21,7 @@ def tiny_run(tmp_path_factory):
     return run_dir, proc
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_metrics_jsonl_holds_every_evaluation(tiny_run):
     run_dir, _ = tiny_run
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -37,6 +38,7 @@ def test_metrics_jsonl_holds_every_evaluation(tiny_run):
     assert rows[-1]["train/loss"] < rows[1]["train/loss"]
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_summary_config_and_checkpoint(tiny_run):
     run_dir, proc = tiny_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -67,6 +69,7 @@ def test_summary_config_and_checkpoint(tiny_run):
     assert row["eval/loss"] == pytest.approx(run.metrics[-1]["eval/loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_offline_wandb_run_holds_what_was_logged(tiny_run):
     run_dir, _ = tiny_run
     record = read_run(find_run_file(run_dir))
@@ -86,6 +89,7 @@ def test_offline_wandb_run_holds_what_was_logged(tiny_run):
     assert list(record["run"].tags) == ["smoke", "tiny"]
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_shortformer_override_and_disabled_logger(tmp_path):
     run_dir = tmp_path / "sf"
     proc = run_train(run_dir, *TINY_OVERRIDES, "model.positional=shortformer",
@@ -142,6 +146,7 @@ def test_printed_resume_command_names_the_directory_for_hydra_and_the_shell(name
         assert argv[-1] == f"resume={run_dir}"  # no quotes where none are needed
 
 
+@pytest.mark.slow  # end-to-end: real processes
 def test_the_printed_resume_command_reaches_a_directory_with_commas_spaces_and_accents(
         tmp_path):
     """The printed command, run as printed, on a finished run: Hydra reads the quoted directory

@@ -17,6 +17,9 @@ from tinyinduct.config import RunConfig, run_config_from_dict, to_dict
 from tinyinduct.sweeps import sweep_group
 from tinyinduct.tracking import MIN_SUMMARY_METRICS, run_name
 
+# end-to-end: real runs read back from their W&B files
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def blocked_run(tmp_path_factory):
