@@ -209,6 +209,44 @@ def footnote6(ctx: Context) -> dict:
     return results
 
 
+def intervention_sweep(ctx: Context) -> dict:
+    args = ["+experiment=intervention_sweep", "logger.mode=disabled"]
+    if ctx.quick:
+        args += ["train.n_seeds=2", *QUICK]
+    else:
+        args += [f"hydra/launcher={ctx.launcher}"]
+    seconds = None
+    if ctx.train:
+        seconds = run_train(["-m", *args, f"hydra.sweep.dir={ctx.runs}"],
+                            ctx.runs.parent / f"{ctx.runs.name}.log")
+    conditions = load_sweep(ctx.runs)
+    if not conditions:
+        raise SystemExit(f"error: no runs under {ctx.runs} (see {ctx.runs.name}.log beside it)")
+    results = {"conditions": [intervention_condition(c) for c in conditions]}
+    plot_sweep(conditions, ctx.docs_root / "docs" / "intervention_sweep.png")
+    return stamp(results, "python scripts/reproduce.py --only intervention_sweep", seconds, ctx)
+
+
+def intervention_condition(condition) -> dict:
+    """Per seed: when both formation criteria were first met, the second-copy loss early on, and
+    the strongest layer-0 previous-token head at the end (is one still there when a clamp makes
+    it unnecessary?)."""
+    seeds = []
+    for run in condition.runs:
+        rows, summary = run.rows, run.summary or {}
+        by_step = {r["step"]: r for r in rows}
+        seeds.append({
+            "seed": run.seed, "status": summary.get("status", run.state),
+            "formed": summary.get("induction_formed"),
+            "first_formed_step": summary.get("first_formed_step"),
+            "phase_change_step": summary.get("phase_change_step"),
+            "loss_second_copy_at_300": (by_step.get(300) or {}).get("eval/loss_second_copy"),
+            "final_loss_second_copy": summary.get("final_loss_second_copy"),
+            "l0_prev_token": last_layer0_score(rows, "prev_token"),
+            "interventions": summary.get("interventions")})
+    return {"condition": condition.label, "seeds": seeds}
+
+
 # The parts, in README order. An intervention sweep joins here as one more function of the same
 # shape (Context -> results dict), with its renderer in tinyinduct.results.RENDERERS and a
 # `<!-- results:intervention_sweep -->` block in the README.
@@ -216,6 +254,7 @@ PARTS: Dict[str, Callable[[Context], dict]] = {
     "default_runs": default_runs,
     "composition_sweep": composition_sweep,
     "footnote6": footnote6,
+    "intervention_sweep": intervention_sweep,
 }
 assert set(PARTS) == set(RENDERERS)
 

@@ -145,10 +145,53 @@ def render_footnote6(results: dict) -> str:
                         "(docs/footnote6.png)"])
 
 
+INTERVENTION_COLUMNS = ("condition", "formed", "both criteria first met (median step)",
+                        "second-copy loss at step 300", "final second-copy loss",
+                        "strongest L0 previous-token score at the end")
+
+
+def _median(values: list) -> str:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return "never"
+    mid = len(values) // 2
+    middle = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return f"{middle:,.0f} (of {len(values)})"
+
+
+def _mean_sd(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def render_intervention_sweep(results: dict) -> str:
+    rows = []
+    for c in results["conditions"]:
+        seeds = c["seeds"]
+        rows.append({
+            "condition": c["condition"],
+            "formed": f"{sum(bool(s['formed']) for s in seeds)}/{len(seeds)}",
+            "both criteria first met (median step)": _median(
+                [s["first_formed_step"] for s in seeds]),
+            "second-copy loss at step 300": _mean_sd([s["loss_second_copy_at_300"]
+                                                      for s in seeds]),
+            "final second-copy loss": _mean_sd([s["final_loss_second_copy"] for s in seeds]),
+            "strongest L0 previous-token score at the end": _mean_sd(
+                [s["l0_prev_token"] for s in seeds])})
+    return "\n\n".join([_provenance(results), markdown_rows(rows, INTERVENTION_COLUMNS),
+                         "![Curves of the intervention sweep, seed bands per condition]"
+                         "(docs/intervention_sweep.png)"])
+
+
 RENDERERS: Dict[str, Callable[[dict], str]] = {
     "default_runs": render_default_runs,
     "composition_sweep": render_composition_sweep,
     "footnote6": render_footnote6,
+    "intervention_sweep": render_intervention_sweep,
 }
 
 
