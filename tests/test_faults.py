@@ -177,3 +177,26 @@ def test_disk_full_ends_in_one_line_and_a_summary(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "disk full or a file-size limit" in summary["error"]
     assert not list(run_dir.rglob("*.tmp"))  # nothing half-written left behind
+
+
+def test_out_of_memory_ends_in_one_line_and_a_summary(tmp_path, monkeypatch):
+    """The machine runs out of memory at step 5 (an allocation failing inside torch): the run
+    stops with one line naming the cause and what to shrink, and its summary says failed."""
+    from tinyinduct import loop, train
+    from tinyinduct.rundir import RunFault
+
+    real_step = loop.train_step
+
+    def allocation_fails(model, optimizer, scheduler, tokens, grad_clip, **kwargs):
+        if scheduler.last_epoch == 5:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                               "allocate memory: you tried to allocate 1099511627776 bytes.")
+        return real_step(model, optimizer, scheduler, tokens, grad_clip, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", allocation_fails)
+    with pytest.raises(RunFault, match=r"^out of memory \(try a smaller model.d_model, "
+                                       r"data.batch_size or train.n_seeds\); files of .* are kept"):
+        train(tiny_config(), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "can't allocate memory" in summary["error"]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 0

@@ -74,3 +74,14 @@ def test_sigterm_while_starting_still_ends_with_a_summary(tmp_path):
     assert "SIGTERM received" in err and "Resume with:" in err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["last_step"] <= 1
+
+
+@pytest.mark.slow  # end-to-end: real processes
+@pytest.mark.parametrize("where", ["x" * 300, "/sys/kernel/tinyinduct-run"],
+                         ids=["name-too-long", "not-permitted"])
+def test_a_run_directory_hydra_cannot_create_is_one_line(tmp_path, where):
+    run_dir = tmp_path / where if not where.startswith("/") else where
+    proc = run_train(run_dir, *TINY_OVERRIDES, "logger.mode=disabled", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: invalid config: hydra.run.dir=") and "cannot be created" in line

@@ -27,7 +27,7 @@ from .config import ConfigError, RunConfig
 from .hydra_errors import config_composed, describe, run_with_one_line_errors
 from .interrupt import catch_early_signals
 from .resources import config_dir
-from .rundir import RunFault
+from .rundir import RunFault, os_reason
 from .sweeps import label_sweep_run
 
 CONFIG_DIR = config_dir()
@@ -177,6 +177,11 @@ def _note_given_run_dirs(argv: list) -> None:
 def main() -> None:
     """`python scripts/train.py ...` / `tinyinduct-train ...`: Hydra overrides from sys.argv."""
     catch_early_signals()
-    _run_dir_follows_resume(sys.argv)
-    _note_given_run_dirs(sys.argv)
-    run_with_one_line_errors(app)
+    try:
+        _run_dir_follows_resume(sys.argv)
+        _note_given_run_dirs(sys.argv)
+        run_with_one_line_errors(app)
+    except OSError as err:  # Hydra creates the run directory before the app starts
+        print(f"error: invalid config: hydra.run.dir={err.filename}: cannot be created "
+              f"({os_reason(err)}): choose a directory you can write to", file=sys.stderr)
+        sys.exit(2)

@@ -41,7 +41,7 @@ def claim(run_dir: Path, resuming: bool) -> IO:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = open(run_dir / LOCK_FILE, "a+")
     except OSError as err:
-        raise RunDirError(run_dir, f"cannot be written ({_reason(err)}): choose a directory "
+        raise RunDirError(run_dir, f"cannot be written ({os_reason(err)}): choose a directory "
                           "you can write to (hydra.run.dir=...)") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,7 +63,8 @@ def claim(run_dir: Path, resuming: bool) -> IO:
     return lock
 
 
-def _reason(err: OSError) -> str:
+def os_reason(err: OSError) -> str:
+    """An OSError in words a user acts on."""
     if err.errno == errno.ENAMETOOLONG:
         return "a name in the path is longer than the file system allows"
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
