@@ -173,8 +173,9 @@ def llc_per_head(run: Run, steps: Sequence[int] | None = None,
 
     def per_head(model, step):
         wrapped = devinterp_model(model)
-        return {h: estimate_llc(wrapped, dataset, settings, head_masks(wrapped, h))
-                for h in heads}
+        with torch.enable_grad():  # replay runs its functions without gradients; SGLD needs them
+            return {h: estimate_llc(wrapped, dataset, settings, head_masks(wrapped, h))
+                    for h in heads}
 
     for row in run.replay(per_head, steps):
         out.steps.append(row["step"])
