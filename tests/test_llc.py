@@ -9,6 +9,7 @@ import torch
 
 from tinyinduct import AttnOnlyTransformer, ModelConfig, load_run
 from tinyinduct.analysis.llc import (
+    DEFAULT_SETTINGS,
     LLCSettings,
     devinterp_model,
     estimate_llc,
@@ -59,9 +60,8 @@ def test_a_quadratic_loss_in_d_weights_has_llc_d_over_2(dataset):
     assert mean == pytest.approx(D / 2, rel=0.1) and std < 1
 
 
-def test_localization_and_the_step_shift_it_as_predicted(dataset):
-    localized = LLCSettings(lr=1e-3, n_beta=30, localization=100, num_chains=2, num_draws=150,
-                            batch_size=8)
+def test_at_the_defaults_localization_and_the_step_shift_it_as_predicted(dataset):
+    localized = LLCSettings(**{**DEFAULT_SETTINGS.__dict__, "batch_size": 8})
     mean, _ = estimate_llc(Quadratic(), dataset, localized, loss_fn=quadratic_loss)
     assert expected(D, CURVATURE, localized) == pytest.approx(8.3, abs=0.1)
     assert mean == pytest.approx(expected(D, CURVATURE, localized), rel=0.1)
