@@ -29,6 +29,12 @@ EXERCISED_ELSEWHERE = {
     "python scripts/bench.py --device cuda --out bench-gpu.json": "needs a CUDA GPU",
     'pip install "transformer-lens<4"': "the tl extra that .ci/run installs pins exactly this",
     'pip install -e ".[sweep]"': ".ci/run installs this extra",
+    'pip install -e ".[llc]"': ".ci/run installs this extra",
+    "python -m tinyinduct.analysis outputs/<date>/<time>": "test_analysis.py runs its main()",
+    "python -m tinyinduct.analysis outputs/<date>/<time> --llc": "test_analysis.py runs its "
+    "main() (test_llc.py: the LLC on a run folder)",
+    "python -m tinyinduct.replay multirun/<date>/<time> --metric mypkg.mymod:fn --out "
+    "replay.jsonl": "test_replay_command.py runs this command on a sweep folder",
     "wandb sweep configs/wandb_sweep.yaml": "needs a W&B account; test_sweep.py builds and runs "
     "the command an agent runs from this YAML",
     "wandb agent <entity>/tinyinduct/<sweep id>": "needs a W&B account (see wandb sweep)",
