@@ -1,22 +1,23 @@
 #!/usr/bin/env python
-"""Regenerate every result in the README: rerun the runs behind its tables and figures, write the
+"""Regenerate every result in the docs: rerun the runs behind their tables and figures, write the
 tables as small result files (docs/results/<part>.json), the figures under docs/, and the
-README's tables between their `<!-- results:<part> -->` markers.
+tables of the pages (docs/guide.md, docs/sweep.md) between their `<!-- results:<part> -->`
+markers.
 
     python scripts/reproduce.py                          # every part (hours on 2 CPU cores)
     python scripts/reproduce.py --only composition_sweep # one part (repeat --only for more)
-    python scripts/reproduce.py --from-results           # README tables from docs/results/ only
-    python scripts/reproduce.py --check                  # exit 1 if README and results differ
+    python scripts/reproduce.py --from-results           # doc tables from docs/results/ only
+    python scripts/reproduce.py --check                  # exit 1 if docs and results differ
     python scripts/reproduce.py --quick                  # tiny runs into a temp folder (CI)
     python scripts/reproduce.py --reuse-runs multirun/reproduce/2026-12-01_10-00-00
 
-Parts: default_runs (README "Train": `python scripts/train.py seed=S`, seeds 0-4, each process
-timed whole), composition_sweep (`+experiment=composition_sweep`: 6 conditions x 8 seeds;
+Parts: default_runs (docs/guide.md "Train": `python scripts/train.py seed=S`, seeds 0-4, each
+process timed whole), composition_sweep (`+experiment=composition_sweep`: 6 conditions x 8 seeds;
 formation time per condition and the K-only vs Q-only test), footnote6 (`+experiment=footnote6`:
 shortformer with keys blocked, 20,000 steps, 8 seeds). Runs go to
 multirun/reproduce/<date>_<time>/<part>/ (`--runs-dir`); `--reuse-runs DIR` analyses the runs
 already in DIR/<part>/ instead of training. `--quick` trains a tiny model for a few steps, 2
-seeds and 2 conditions, and writes everything (a copy of the README included) under `--out`
+seeds and 2 conditions, and writes everything (a copy of the pages included) under `--out`
 (default: a new temp folder), never touching docs/ or README.md.
 """
 
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 from tinyinduct.config import TrainConfig
-from tinyinduct.results import RENDERERS, readme_mismatches, update_readme, write_results
+from tinyinduct.results import RENDERERS, doc_pages, mismatches, update_pages, write_results
 from tinyinduct.survival_plots import plot_formation_curves
 from tinyinduct.sweep_plots import plot_sweep
 from tinyinduct.sweep_report import load_sweep
@@ -124,7 +125,7 @@ def default_runs(ctx: Context) -> dict:
             seconds = run_train([f"seed={seed}", f"hydra.run.dir={run_dir}",
                                  *(QUICK if ctx.quick else [])], log)
             total += seconds
-            # the app's own "Whole process: X s." (from its first import), as the README quotes
+            # the app's own "Whole process: X s." (from its first import), as docs/guide.md quotes
             printed = re.findall(r"^Whole process: ([\d.]+) s\.$", log.read_text(), flags=re.M)
             seconds = float(printed[-1]) if printed else seconds
         s = json.loads((run_dir / "summary.json").read_text())
@@ -247,9 +248,7 @@ def intervention_condition(condition) -> dict:
     return {"condition": condition.label, "seeds": seeds}
 
 
-# The parts, in README order. An intervention sweep joins here as one more function of the same
-# shape (Context -> results dict), with its renderer in tinyinduct.results.RENDERERS and a
-# `<!-- results:intervention_sweep -->` block in the README.
+# The parts, in the order the docs show them.
 PARTS: Dict[str, Callable[[Context], dict]] = {
     "default_runs": default_runs,
     "composition_sweep": composition_sweep,
@@ -267,9 +266,9 @@ def main(argv=None) -> int:
                         help="tiny runs, 2 seeds, 2 conditions, everything under --out")
     parser.add_argument("--out", type=Path, help="--quick: where to write (default: a temp dir)")
     parser.add_argument("--from-results", action="store_true",
-                        help="only regenerate the README's tables from docs/results/")
+                        help="only regenerate the docs' tables from docs/results/")
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 if a README table differs from its result file")
+                        help="exit 1 if a docs table differs from its result file")
     parser.add_argument("--runs-dir", type=Path, help="where the runs go (default: "
                         "multirun/reproduce/<date>_<time>)")
     parser.add_argument("--reuse-runs", type=Path, metavar="DIR",
@@ -280,19 +279,19 @@ def main(argv=None) -> int:
 
     if args.quick:
         docs_root = args.out or Path(tempfile.mkdtemp(prefix="tinyinduct-reproduce-"))
-        readme = docs_root / "README.md"
-        docs_root.mkdir(parents=True, exist_ok=True)
-        if not (args.check or args.from_results):  # a fresh copy to regenerate
-            shutil.copyfile(ROOT / "README.md", readme)
+        (docs_root / "docs").mkdir(parents=True, exist_ok=True)
+        if not (args.check or args.from_results):  # a fresh copy of the pages to regenerate
+            for page in doc_pages(ROOT):
+                shutil.copyfile(page, docs_root / page.relative_to(ROOT))
     else:
         if args.out:
             parser.error("--out goes with --quick (a full run writes docs/ and README.md)")
-        docs_root, readme = ROOT, ROOT / "README.md"
+        docs_root = ROOT
 
     if args.check:
-        mismatched = readme_mismatches(readme, docs_root)
+        mismatched = mismatches(docs_root)
         for name in mismatched:
-            print(f"README block '{name}' differs from docs/results/{name}.json: run "
+            print(f"docs block '{name}' differs from docs/results/{name}.json: run "
                   f"python scripts/reproduce.py --from-results", file=sys.stderr)
         return 1 if mismatched else 0
 
@@ -307,8 +306,9 @@ def main(argv=None) -> int:
                           args.launcher)
             print(f"  wrote {write_results(docs_root, name, PARTS[name](ctx))}", flush=True)
 
-    changed = update_readme(readme, docs_root)
-    print(f"{readme}: " + (f"regenerated {', '.join(changed)}" if changed else "up to date"))
+    changed = update_pages(docs_root)
+    print(f"{docs_root} pages: " + (f"regenerated {', '.join(changed)}" if changed
+                                    else "up to date"))
     return 0
 
 

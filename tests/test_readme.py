@@ -1,7 +1,9 @@
-"""The README works as written: its config table is the schema, its Python examples run on a real
-(tiny) run, and every shell command in it is run by a test or by CI."""
+"""The docs work as written (README.md and every docs/*.md page): the config table is the schema,
+the Python examples run on a real (tiny) run, every shell command is run by a test or by CI,
+the troubleshooting page quotes today's messages, and every relative link resolves."""
 
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -18,17 +20,29 @@ from conftest import ROOT, TINY_OVERRIDES, child_env
 from tinyinduct.config import RunConfig
 
 README = (ROOT / "README.md").read_text()
+# The front page, then the pages it links to; commands and examples are collected from all.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TRAIN_COMMANDS = ("python scripts/train.py", "tinyinduct-train")
 # Commands words that make a code span a shell command.
 COMMAND_WORDS = ("pip", "python", "pytest", "wandb", "tinyinduct-train", "bash")
+# The install block's first line: PyTorch's CPU build, before anything can pull a CUDA one.
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 # Shell commands no test runs, with where they are exercised instead. Commands run by CI are
 # checked against .ci/run below; keep this list short and true.
 EXERCISED_ELSEWHERE = {
+    CPU_TORCH: "CI has no network: .ci/run installs the same torch version from a local CPU "
+    "wheel (test_install_is_two_commands_and_ci_runs_both checks that the versions agree)",
     "wandb login": "W&B's own command; needs an account, so nothing here can run it",
     "bash .ci/run": "is CI",
     "python scripts/bench.py --device cuda --out bench-gpu.json": "needs a CUDA GPU",
     'pip install "transformer-lens<4"': "the tl extra that .ci/run installs pins exactly this",
     'pip install -e ".[sweep]"': ".ci/run installs this extra",
+    'pip install -e ".[llc]"': ".ci/run installs this extra",
+    "python -m tinyinduct.analysis outputs/<date>/<time>": "test_analysis.py runs its main()",
+    "python -m tinyinduct.analysis outputs/<date>/<time> --llc": "test_analysis.py runs its "
+    "main() (test_llc.py: the LLC on a run folder)",
+    "python -m tinyinduct.replay multirun/<date>/<time> --metric mypkg.mymod:fn --out "
+    "replay.jsonl": "test_replay_command.py runs this command on a sweep folder",
     "wandb sweep configs/wandb_sweep.yaml": "needs a W&B account; test_sweep.py builds and runs "
     "the command an agent runs from this YAML",
     "wandb agent <entity>/tinyinduct/<sweep id>": "needs a W&B account (see wandb sweep)",
@@ -38,18 +52,27 @@ EXERCISED_ELSEWHERE = {
 }
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start:end if end != -1 else None]
+def page_texts() -> dict:
+    """{path: text} of README.md and every docs/*.md page."""
+    return {page: page.read_text() for page in PAGES}
 
 
-def fenced_blocks(language: str) -> list:
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.M | re.S)
+def section(title: str, text: str = README) -> str:
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def fenced_blocks(language: str, text: str | None = None) -> list:
+    """The ```language blocks of `text`, or of every page."""
+    texts = [text] if text is not None else list(page_texts().values())
+    return [b for t in texts for b in re.findall(rf"^```{language}\n(.*?)^```", t,
+                                                   flags=re.M | re.S)]
 
 
 def shell_commands() -> list:
-    """Every command line of every ```bash block, and every inline code span that is a command."""
+    """Every command line of every ```bash block, and every inline code span that is a command,
+    on every page."""
     commands = []
     for block in fenced_blocks("bash"):
         block = re.sub(r"\\\n\s*", "", block)  # join continued lines
@@ -58,7 +81,7 @@ def shell_commands() -> list:
             line = re.sub(r"^(OMP_NUM_THREADS=\d+ )+", "", line)  # thread count: not the command
             if line and not line.startswith("#"):
                 commands.append(line)
-    for span in re.findall(r"`([^`\n]+)`", README):
+    for span in re.findall(r"`([^`\n]+)`", "\n".join(page_texts().values())):
         if span.split()[0] in COMMAND_WORDS and len(span.split()) > 1:
             commands.append(span.strip())
     return commands
@@ -93,8 +116,8 @@ def how_exercised(command: str) -> str | None:
         return "test_module_prints_where_to_start"
     if command.startswith("python scripts/reproduce.py"):
         return "test_reproduce.py: --quick end to end (every part), --check, --from-results"
-
-
+    if command.startswith("wandb leet "):
+        return "test_wandb_leet_shows_the_offline_run"
     if command.startswith("python -m tinyinduct.report"):
         return "test_report.py::test_report_command_writes_pages_and_redraws"
     if command.startswith("python scripts/compare.py"):
@@ -111,16 +134,24 @@ def how_exercised(command: str) -> str | None:
 def test_every_readme_command_is_exercised():
     commands = shell_commands()
     assert "pytest" in commands and any(c.startswith("wandb sync") for c in commands)
+    assert any("scripts/compare.py" in c for c in commands)  # the docs pages are read too
     unexercised = [c for c in commands if how_exercised(c) is None]
     assert not unexercised, (
-        f"README commands no test or CI runs: {unexercised}. Run them in a test, add them to "
-        ".ci/run, or list them in EXERCISED_ELSEWHERE in tests/test_readme.py")
+        f"commands in the docs no test or CI runs: {unexercised}. Run them in a test, add them "
+        "to .ci/run, or list them in EXERCISED_ELSEWHERE in tests/test_readme.py")
 
 
 def test_install_is_two_commands_and_ci_runs_both():
-    block = re.search(r"```bash\n(.*?)```", section("Install and test"), flags=re.S).group(1)
-    lines = [line.strip() for line in block.splitlines() if line.strip()]
-    assert len(lines) == 2 and all(how_exercised(line) == ".ci/run" for line in lines), lines
+    """The install block: PyTorch's CPU build first (a bare torch requirement pulls a multi-GB
+    CUDA build on a CPU-only Linux machine), then the two commands CI runs as written. CI cannot
+    reach PyTorch's index, so it installs the same torch version from a local wheel."""
+    block = re.search(r"```bash\n(.*?)```", section("Install"), flags=re.S).group(1)
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines() if line.strip()]
+    assert lines[0] == CPU_TORCH, lines
+    version = re.match(r"pip install (torch==\S+) ", CPU_TORCH).group(1)
+    assert f"pip install {version}" in ci_commands()  # .ci/run installs the same version
+    assert len(lines[1:]) == 2 and all(how_exercised(line) == ".ci/run" for line in lines[1:]), \
+        lines
 
 
 # --- the configuration table ---------------------------------------------------------------
@@ -154,9 +185,11 @@ def split_top_level(text: str) -> list:
 
 
 def table_defaults() -> dict:
-    """`{dotted field: default text}` from the Configuration table; `a.x`, `y` rows share `a.`."""
+    """`{dotted field: default text}` from the table of docs/configuration.md; `a.x`, `y` rows
+    share `a.`."""
     out = {}
-    for row in re.findall(r"^\| (`.*?) \| (.*?) \| .* \|$", section("Configuration"), flags=re.M):
+    table = (ROOT / "docs" / "configuration.md").read_text()
+    for row in re.findall(r"^\| (`.*?) \| (.*?) \| .* \|$", table, flags=re.M):
         names = re.findall(r"`([^`]+)`", row[0])
         sect = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
         full = [names[0]] + [n if "." in n else sect + n for n in names[1:]]
@@ -200,12 +233,13 @@ def composed_defaults() -> dict:
 def test_config_table_lists_every_schema_field_with_its_default():
     table, fields, composed = table_defaults(), schema_fields(), composed_defaults()
     missing = [f for f in fields if f not in table]
-    assert not missing, (f"fields missing from the README's Configuration table: {missing} "
+    assert not missing, (f"fields missing from the table in docs/configuration.md: {missing} "
                          f"(defaults: {[composed.get(f) for f in missing]})")
     assert not set(table) - set(fields), f"table rows not in the schema: {set(table) - set(fields)}"
     for name in fields:
         assert parse_default(table[name]) == composed[name], (
-            f"README says {name} defaults to {table[name]!r}; a run gets {composed[name]!r}")
+            f"docs/configuration.md says {name} defaults to {table[name]!r}; a run gets "
+            f"{composed[name]!r}")
 
 
 # --- examples and commands, run -------------------------------------------------------------
@@ -241,7 +275,9 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_readme_python_examples_run_on_a_real_run(tiny_run, tmp_path):
     blocks = fenced_blocks("python")
     assert any("to_transformer_lens" in b for b in blocks)
-    tl_example = re.search(r"```python\n(.*?)```", section("TransformerLens"), flags=re.S).group(1)
+    api = (ROOT / "docs" / "api.md").read_text()
+    tl_example = re.search(r"```python\n(.*?)```", section("TransformerLens", api),
+                           flags=re.S).group(1)
     assert len(tl_example.strip().splitlines()) <= 5
     for block in blocks:
         code = re.sub(r'load_run\("outputs/[^"]+"\)', f'load_run("{tiny_run}")', block)
@@ -291,7 +327,7 @@ def test_console_script_is_the_app_scripts_train_runs(tmp_path):
 
 @pytest.mark.slow
 def test_readme_train_commands_run(tmp_path):
-    """Every training command in the README, as written, shrunk by the tiny overrides."""
+    """Every training command in the docs, as written, shrunk by the tiny overrides."""
     commands = [c for c in shell_commands() if c.startswith(TRAIN_COMMANDS)
                 and how_exercised(c) == "test_readme_train_commands_run"]
     assert not any(" resume=" in c or "+experiment=" in c for c in commands)
@@ -348,7 +384,7 @@ NARROW = {"seed": "0", "model.positional": "standard", "model.blocked_compositio
 
 
 def overrides_of(command: str) -> tuple:
-    """(program words, {key: value} overrides, other words) of a README train command."""
+    """(program words, {key: value} overrides, other words) of a train command in the docs."""
     words = shlex.split(command)
     program = words[:2] if words[0] == "python" else words[:1]
     pairs, other = {}, []
@@ -375,7 +411,7 @@ def run_ok(argv: list, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_readme_sweep_resume_and_compare_commands_run(tmp_path):
-    """The README's sweep commands (each shrunk to one tiny run of its grid), its resume commands
+    """The docs' sweep commands (each shrunk to one tiny run of its grid), its resume commands
     (continuing a real run interrupted by Ctrl-C, with that command's own arguments) and its
     compare.py commands (on a sweep the first command made), run for real."""
     from conftest import start_train, wait_for_step
@@ -414,3 +450,116 @@ def test_readme_sweep_resume_and_compare_commands_run(tmp_path):
         proc = run_ok([sys.executable, str(ROOT / "scripts" / "compare.py"), *words[2:]],
                       tmp_path)
         assert "standard" in proc.stdout, command
+
+
+# --- links between pages, and the troubleshooting page's messages ---------------------------
+
+
+def outside_code(text: str) -> str:
+    """The page without its fenced blocks and inline code spans (a `](x)` there is no link)."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+
+
+def anchors(text: str) -> set:
+    """GitHub's anchors for the headings of a page: lower case, punctuation dropped, spaces to
+    hyphens (`## Weights & Biases` -> `weights--biases`)."""
+    titles = re.findall(r"^#{1,6} (.+)$", outside_code(text), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", t.strip().lower()).replace(" ", "-") for t in titles}
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    checked = 0
+    for page, text in page_texts().items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", outside_code(text)):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:: not ours to check
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            assert file.exists(), f"{page.name}: link to {target}: no such file"
+            if anchor:
+                assert anchor in anchors(file.read_text()), (
+                    f"{page.name}: link to {target}: no heading with that anchor in {file.name}")
+            checked += 1
+    assert checked > 20  # the front page links to every page, the pages to each other
+
+
+@pytest.mark.slow
+def test_troubleshooting_quotes_todays_messages_and_exit_codes(tiny_run, tmp_path):
+    """Each `$ python scripts/train.py ...` of the troubleshooting page, run as written, prints
+    the error line the page shows under it and exits 2 (numbers of GiB and the folder it ran in,
+    /home/me/tinyinduct on the page, are the machine's)."""
+    import shutil
+
+    text = (ROOT / "docs" / "troubleshooting.md").read_text()
+    pairs = re.findall(r"^\$ (python scripts/train\.py [^\n]*?)(?:\s+#[^\n]*)?\n(error: [^\n]+)$",
+                       text, flags=re.M)
+    assert len(pairs) >= 7, pairs
+    # the directory that "holds a finished run": a copy of a real one
+    shutil.copytree(tiny_run, tmp_path / "outputs" / "my-run")
+    for command, expected in pairs:
+        words = shlex.split(command)
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *words[2:],
+                               "logger.mode=disabled"], cwd=tmp_path, capture_output=True,
+                              text=True, env=child_env(), timeout=300)
+        assert proc.returncode == 2, f"{command}: exit {proc.returncode}\n{proc.stderr}"
+        pattern = r"[\d.]+ GiB".join(re.escape(part) for part in re.split(r"[\d.]+ GiB", expected))
+        today = proc.stderr.strip().splitlines()[-1].replace(str(tmp_path), "/home/me/tinyinduct")
+        assert re.fullmatch(pattern, today), f"{command}\n  page: {expected}\n  today: {today}"
+
+
+def read_terminal(argv: list, until: tuple, timeout: float = 120) -> str:
+    """Run a terminal program in a pseudo-terminal until every string of `until` has appeared on
+    its screen (or `timeout`), then press q; return what it drew, escape sequences removed."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            env={**child_env(), "TERM": "xterm-256color"})
+    os.close(slave)
+    raw, deadline = b"", time.monotonic() + timeout
+    screen = ""
+    try:
+        while time.monotonic() < deadline and not all(u in screen for u in until):
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    raw += os.read(master, 1 << 16)
+                except OSError:  # the program ended
+                    break
+                screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode("utf8", "replace"))
+        os.write(master, b"q")
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)
+    return screen
+
+
+@pytest.mark.slow
+def test_wandb_leet_shows_the_offline_run(tmp_path):
+    """`wandb leet outputs/<date>/<time>/wandb/offline-run-*`, with a real offline run's folder
+    for the placeholder, draws that run's charts and summary in the terminal, with no account."""
+    from conftest import run_train
+
+    commands = [c for c in shell_commands() if c.startswith("wandb leet ")]
+    assert commands
+    run_dir = tmp_path / "run"
+    proc = run_train(run_dir, *TINY_OVERRIDES, "train.steps=20", "logger.mode=offline")
+    assert proc.returncode == 0, proc.stderr
+    wandb = Path(sys.executable).parent / "wandb"
+    for command in commands:
+        pattern = shlex.split(command)[2]
+        placeholder = "outputs/<date>/<time>"
+        assert pattern.startswith(placeholder + "/"), command
+        matches = glob.glob(str(run_dir) + pattern[len(placeholder):])
+        assert len(matches) == 1, (command, matches)
+        screen = read_terminal([str(wandb), "leet", matches[0]],
+                               until=("[x: step]", "budget_steps"))
+        assert "[x: step]" in screen and "budget_steps" in screen, screen[-2000:]

@@ -1,6 +1,7 @@
-"""One command regenerates every result: the README's tables match the committed result files,
-a changed table is caught and rewritten, and `scripts/reproduce.py --quick` runs every part end
-to end (real tiny runs) into a temporary folder without touching docs/ or README.md."""
+"""One command regenerates every result: the docs' tables (in docs/guide.md and docs/sweep.md)
+match the committed result files, a changed table is caught and rewritten, and
+`scripts/reproduce.py --quick` runs every part end to end (real tiny runs) into a temporary
+folder without touching docs/ or README.md."""
 
 import json
 import shutil
@@ -13,11 +14,13 @@ from conftest import ROOT, child_env
 
 from tinyinduct.results import (
     RENDERERS,
+    all_blocks,
+    doc_pages,
+    mismatches,
     pending,
     readme_blocks,
-    readme_mismatches,
     render,
-    update_readme,
+    update_pages,
 )
 
 REPRODUCE = ROOT / "scripts" / "reproduce.py"
@@ -30,9 +33,11 @@ def reproduce(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 
 def test_readme_tables_are_the_committed_result_files():
-    blocks = readme_blocks((ROOT / "README.md").read_text())
-    assert set(blocks) == set(RENDERERS)  # every part has its place in the README
-    assert readme_mismatches(ROOT / "README.md", ROOT) == []
+    blocks = all_blocks(ROOT)
+    assert set(blocks) == set(RENDERERS)  # every part has its place in one page
+    assert set(readme_blocks((ROOT / "docs" / "sweep.md").read_text())) == {
+        "composition_sweep", "footnote6"}
+    assert mismatches(ROOT) == []
     committed = json.loads((ROOT / "docs" / "results" / "default_runs.json").read_text())
     assert blocks["default_runs"] == render("default_runs", committed)
     assert "| 0 | L1H2 | 0.85 | 0.64 / 6.26 | 1,050 (2.15 M tokens) | K (L0H1) | 44.5 s |" \
@@ -43,13 +48,17 @@ def test_readme_tables_are_the_committed_result_files():
 
 
 def test_a_table_edited_by_hand_is_caught_and_regenerated(tmp_path):
-    readme = tmp_path / "README.md"
-    original = (ROOT / "README.md").read_text()
-    readme.write_text(original.replace("| 1 | L1H3 | 0.80 |", "| 1 | L1H3 | 0.99 |"))
+    for page in doc_pages(ROOT):
+        (tmp_path / page.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(page, tmp_path / page.relative_to(ROOT))
     shutil.copytree(ROOT / "docs" / "results", tmp_path / "docs" / "results")
-    assert readme_mismatches(readme, tmp_path) == ["default_runs"]
-    assert update_readme(readme, tmp_path) == ["default_runs"]
-    assert readme.read_text() == original
+    guide = tmp_path / "docs" / "guide.md"
+    original = guide.read_text()
+    guide.write_text(original.replace("| 1 | L1H3 | 0.80 |", "| 1 | L1H3 | 0.99 |"))
+    assert guide.read_text() != original
+    assert mismatches(tmp_path) == ["default_runs"]
+    assert update_pages(tmp_path) == ["default_runs"]
+    assert guide.read_text() == original
     # and the command says so
     proc = reproduce("--check")
     assert proc.returncode == 0, proc.stderr
@@ -117,8 +126,8 @@ def test_quick_mode_runs_every_part_into_a_temp_folder(tmp_path):
     for figure in ("loss_curves", "formation_time", "composition_sweep", "footnote6"):
         assert matplotlib.image.imread(out / "docs" / f"{figure}.png").shape[0] > 100
 
-    # the README copy carries the quick tables, and --check agrees with its result files
-    blocks = readme_blocks((out / "README.md").read_text())
+    # the copies of the pages carry the quick tables, and --check agrees with their result files
+    blocks = all_blocks(out)
     assert blocks["composition_sweep"] == render("composition_sweep", sweep)
     assert reproduce("--quick", "--out", str(out), "--check").returncode == 0
 

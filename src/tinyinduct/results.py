@@ -1,15 +1,18 @@
-"""Committed result files (`docs/results/<name>.json`) and the README tables made from them.
+"""Committed result files (`docs/results/<name>.json`) and the documentation tables made from
+them.
 
-The README holds each generated table between marker comments:
+The documentation pages (README.md and docs/*.md) hold each generated table between marker
+comments, each block in one page (today docs/guide.md and docs/sweep.md):
 
     <!-- results:composition_sweep -->
     ...generated from docs/results/composition_sweep.json, never edited by hand...
     <!-- /results -->
 
-`render(name, results)` turns a result file into that Markdown; `update_readme` rewrites every
-block from the files, and `readme_mismatches` says which blocks differ from their files (what
-the test and `scripts/reproduce.py --check` run). A block whose file does not exist yet holds a
-one-line note saying which command writes it.
+`render(name, results)` turns a result file into that Markdown; `update_pages` rewrites every
+block of every page from the files, and `mismatches` says which blocks differ from their files
+(what the test and `scripts/reproduce.py --check` run). A block whose file does not exist yet
+holds a one-line note saying which command writes it. Figures in a block are linked relative to
+docs/, where the pages holding them live.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _provenance(results: dict) -> str:
     return line + "."
 
 
-# --- default runs (README: Train) ---------------------------------------------------------------
+# --- default runs (docs/guide.md: Train) ----------------------------------------------------------
 
 DEFAULT_RUN_COLUMNS = ("seed", "induction head", "score", "second / first-copy loss",
                        "score crossed {threshold} at step", "mechanism (partner)", "whole process")
@@ -88,7 +91,7 @@ def render_default_runs(results: dict) -> str:
     return markdown_rows(rows, columns)
 
 
-# --- the composition sweep and footnote 6 (README: Sweep) ---------------------------------------
+# --- the composition sweep and footnote 6 (docs/sweep.md) -----------------------------------------
 
 
 def render_survival(results: dict, figure: str | None = None) -> str:
@@ -124,7 +127,7 @@ def render_composition_sweep(results: dict) -> str:
     return render_survival(results, (
         "![Fraction of seeds with an induction head against training steps per condition "
         "(Kaplan-Meier, 95% band, ticks: runs censored), and the sweep's curves]"
-        "(docs/formation_time.png)"))
+        "(formation_time.png)"))
 
 
 FOOTNOTE6_COLUMNS = ("seed", "best layer-1 head", "score", "loss ratio", "crossed at step",
@@ -142,7 +145,7 @@ def render_footnote6(results: dict) -> str:
              else "-"} for r in results["runs"]]
     return "\n\n".join([render_survival(results), markdown_rows(rows, FOOTNOTE6_COLUMNS),
                         "![Best layer-1 induction score and second-copy loss of each seed]"
-                        "(docs/footnote6.png)"])
+                        "(footnote6.png)"])
 
 
 INTERVENTION_COLUMNS = ("condition", "formed", "both criteria first met (median step)",
@@ -210,13 +213,31 @@ def _block_body(name: str, docs_root: Path) -> str:
     return render(name, json.loads(path.read_text()))
 
 
+def doc_pages(root: Path) -> List[Path]:
+    """The documentation pages under a repository root (or a --quick copy of it): README.md,
+    then docs/*.md."""
+    root = Path(root)
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
+
+
 def readme_blocks(text: str) -> Dict[str, str]:
-    """Every results block of a README: name -> body (without the markers)."""
+    """Every results block of one page's text: name -> body (without the markers)."""
     return {m["name"]: m["body"].rstrip("\n") for m in BLOCK.finditer(text)}
 
 
+def all_blocks(root: Path) -> Dict[str, str]:
+    """Every results block of every page under `root`: name -> body; a name twice is an error."""
+    out: Dict[str, str] = {}
+    for page in doc_pages(root):
+        for name, body in readme_blocks(page.read_text()).items():
+            if name in out:
+                raise ValueError(f"{page}: results block {name!r} appears in two places")
+            out[name] = body
+    return out
+
+
 def update_readme(readme: Path, docs_root: Path) -> List[str]:
-    """Rewrite every results block of `readme` from the files under `docs_root`; returns the
+    """Rewrite every results block of one page from the files under `docs_root`; returns the
     names of the blocks that changed."""
     text = Path(readme).read_text()
     unknown = sorted(set(readme_blocks(text)) - set(RENDERERS))
@@ -231,11 +252,26 @@ def update_readme(readme: Path, docs_root: Path) -> List[str]:
             changed.append(match["name"])
         return f"{match.group(1)}{new}\n{match.group(4)}"
 
-    Path(readme).write_text(BLOCK.sub(body, text))
+    new_text = BLOCK.sub(body, text)
+    if new_text != text:
+        Path(readme).write_text(new_text)
     return changed
 
 
+def update_pages(root: Path, docs_root: Path | None = None) -> List[str]:
+    """`update_readme` on every page under `root`, from the result files under `docs_root`
+    (default: `root`)."""
+    all_blocks(root)  # refuse a block that appears twice before writing anything
+    return [name for page in doc_pages(root) for name in update_readme(page, docs_root or root)]
+
+
 def readme_mismatches(readme: Path, docs_root: Path) -> List[str]:
-    """The results blocks of `readme` that differ from what their files render to."""
+    """The results blocks of one page that differ from what their files render to."""
     return [name for name, body in readme_blocks(Path(readme).read_text()).items()
             if name not in RENDERERS or body != _block_body(name, docs_root)]
+
+
+def mismatches(root: Path, docs_root: Path | None = None) -> List[str]:
+    """`readme_mismatches` over every page under `root`."""
+    return [name for page in doc_pages(root)
+            for name in readme_mismatches(page, docs_root or root)]
