@@ -36,7 +36,7 @@ def test_readme_tables_are_the_committed_result_files():
     blocks = all_blocks(ROOT)
     assert set(blocks) == set(RENDERERS)  # every part has its place in one page
     assert set(readme_blocks((ROOT / "docs" / "sweep.md").read_text())) == {
-        "composition_sweep", "footnote6"}
+        "composition_sweep", "footnote6", "intervention_sweep"}
     assert mismatches(ROOT) == []
     committed = json.loads((ROOT / "docs" / "results" / "default_runs.json").read_text())
     assert blocks["default_runs"] == render("default_runs", committed)
@@ -123,7 +123,14 @@ def test_quick_mode_runs_every_part_into_a_temp_folder(tmp_path):
     assert [c["condition"] for c in footnote["conditions"]] == [
         "positional=shortformer, blocked=K"]
     assert [r["seed"] for r in footnote["runs"]] == [0, 1]
-    for figure in ("loss_curves", "formation_time", "composition_sweep", "footnote6"):
+    clamps = results["intervention_sweep"]
+    assert len(clamps["conditions"]) == 3  # none, a previous-token clamp, an induction clamp
+    assert all([s["seed"] for s in c["seeds"]] == [0, 1] for c in clamps["conditions"])
+    induction = next(c for c in clamps["conditions"] if "L1H0" in c["condition"])
+    assert all(s["interventions"] == {"clamp_pattern": {"L1H0": "induction"}}
+               for s in induction["seeds"])
+    for figure in ("loss_curves", "formation_time", "composition_sweep", "footnote6",
+                   "intervention_sweep"):
         assert matplotlib.image.imread(out / "docs" / f"{figure}.png").shape[0] > 100
 
     # the copies of the pages carry the quick tables, and --check agrees with their result files
