@@ -36,10 +36,11 @@ __all__ = ["ANALYSIS_DIR", "EssentialDynamics", "TokenLoss", "analyze_run", "ess
 
 
 def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None,
-                llc: bool = False) -> Dict[str, Path]:
+                llc: bool = False, llc_snapshots: int | None = None) -> Dict[str, Path]:
     """Draw the analyses of the run in `run_dir` from its snapshots: `{name: path}` of the PNGs
     written into `out_dir` (default `RUN_DIR/plots/analysis/`), plus `analysis.json` with the
-    numbers drawn. `llc=True` adds the per-head LLC (needs devinterp; minutes per snapshot set).
+    numbers drawn. `llc=True` adds the per-head LLC (needs devinterp; minutes per snapshot set)
+    at `llc_snapshots` snapshots spread over the saved ones (default 12).
     W&B trouble is reported on stderr, never raised."""
     from ..runs import load_run
 
@@ -67,9 +68,10 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None,
             ed.steps, summary.get("phase_change_step"))) is None else ed.steps[i])}
 
     if llc:
-        from .llc import llc_per_head, plot_llc
+        from .llc import MAX_SNAPSHOTS, llc_per_head, plot_llc, spread_steps
 
-        head_llc = llc_per_head(run)
+        head_llc = llc_per_head(run, steps=spread_steps(run.snapshot_steps,
+                                                        llc_snapshots or MAX_SNAPSHOTS))
         paths["llc_per_head"] = plot_llc(head_llc, run.metrics, summary,
                                          out / "llc_per_head.png")
         results["llc"] = {"steps": head_llc.steps, "mean": head_llc.mean, "std": head_llc.std,

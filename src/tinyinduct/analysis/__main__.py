@@ -18,12 +18,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "its seed<s>/ folders)")
     parser.add_argument("--llc", action="store_true", help="also estimate the per-head LLC "
                         "(needs: pip install \"tinyinduct[llc]\"; tens of seconds per snapshot)")
+    parser.add_argument("--llc-snapshots", type=int, default=None, metavar="N",
+                        help="with --llc: estimate at N snapshots spread over the saved ones "
+                        "(default 12)")
     parser.add_argument("--out", help="folder for the pictures (default RUN_DIR/plots/analysis)")
     args = parser.parse_args(argv)
     from . import RESULTS_FILE, analyze_run
 
     try:
-        paths = analyze_run(args.run_dir, args.out, llc=args.llc)
+        paths = analyze_run(args.run_dir, args.out, llc=args.llc, llc_snapshots=args.llc_snapshots)
     except (FileNotFoundError, ValueError, ImportError) as err:
         print(f"analysis: {err}", file=sys.stderr)
         return 2
