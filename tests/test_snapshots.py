@@ -78,10 +78,15 @@ def test_unknown_schedule_is_refused_with_the_allowed_forms():
         tiny("every:0")
 
 
-def test_auto_is_dense_while_the_model_changes_and_sparse_elsewhere():
-    schedule = SnapshotSchedule("auto", 3000)
+def test_auto_is_dense_through_formation_and_sparse_elsewhere():
+    schedule = SnapshotSchedule("auto", 3000, threshold=0.7)
     assert schedule.at_step(0) and schedule.at_step(3000)
     assert len(log_spaced(16, 3000)) <= 16 and 1 in log_spaced(16, 3000)
-    flat = [{"phase_change/best_induction": 0.1, "eval/loss_second_copy": 6.2}] * 2
-    rising = [flat[0], {"phase_change/best_induction": 0.3, "eval/loss_second_copy": 5.0}]
-    assert not schedule.at_evaluation(flat) and schedule.at_evaluation(rising)
+    # flat, then rising from evaluation 3, crossing 0.7 at 6, wobbling afterwards
+    scores = [0.02, 0.02, 0.021, 0.04, 0.2, 0.5, 0.8, 0.85, 0.83, 0.86, 0.84, 0.87, 0.85]
+    rows = [{"phase_change/best_induction": s} for s in scores]
+    dense = [i for i in range(len(rows)) if schedule.at_evaluation(rows[:i + 1])]
+    assert dense == [3, 4, 5, 6, 7, 8, 9, 10]  # from the rise to 4 evaluations past the crossing
+    never = [{"phase_change/best_induction": 0.02 + 0.02 * (i > 5)} for i in range(100)]
+    dense = [i for i in range(100) if schedule.at_evaluation(never[:i + 1])]
+    assert dense == list(range(6, 47))  # a head that never settles: 40 evaluations at most

@@ -167,7 +167,8 @@ class Loop:
         self.show = cfg.logger.progress if progress is None else progress
         self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
         self.eval_seconds = 0.0
-        self.schedule = SnapshotSchedule(cfg.train.snapshots, cfg.train.steps)
+        self.schedule = SnapshotSchedule(cfg.train.snapshots, cfg.train.steps,
+                                         cfg.train.induction_threshold)
         self.seeds: List[SeedRun] = []
         ended: List[SeedRun] = []
         for k in range(cfg.train.n_seeds):

@@ -3,9 +3,10 @@ no optimizer state, one file per step in `RUN_DIR/record/snapshots/step_0001234.
 written atomically.
 
 Schedules (joined with `+`, e.g. `log:20+every:500`):
-- `auto` (the default): every evaluation while the model is changing fast (the best layer-1
-  induction score moved by at least 0.01, or the probe's second-copy loss by at least 0.05 nats,
-  since the previous evaluation: formation), and 16 log-spaced steps elsewhere;
+- `auto` (the default): every evaluation through formation, from the one where the best layer-1
+  induction score has risen 0.01 above its lowest value so far until 4 evaluations after it first
+  reached `train.induction_threshold` (at most 40 evaluations in all), and 16 log-spaced steps
+  elsewhere;
 - `every_eval`: every evaluation;
 - `every:N`: every N steps;
 - `log:N`: N steps spaced evenly in log(step) between 1 and `train.steps`;
@@ -26,9 +27,12 @@ if TYPE_CHECKING:  # torch is imported where it is used: config validation impor
 
 SNAPSHOT_DIR = Path("record") / "snapshots"
 SCHEDULE_FORMS = "auto, every_eval, every:N, log:N, ends, or several joined with +"
-# What "changing fast" means for the auto schedule (between consecutive evaluations).
-AUTO_INDUCTION_MOVE = 0.01
-AUTO_LOSS_MOVE = 0.05
+# The auto schedule's formation window: it opens when the best induction score has risen this
+# far above its lowest value, closes this many evaluations after the threshold crossing, and
+# never spans more evaluations than the cap (a head that never settles).
+AUTO_RISE = 0.01
+AUTO_SETTLE_EVALS = 4
+AUTO_MAX_EVALS = 40
 AUTO_LOG_POINTS = 16
 _PART = re.compile(r"^(auto|every_eval|ends|every:[1-9][0-9]*|log:[1-9][0-9]*)$")
 
@@ -43,9 +47,9 @@ def schedule_problem(spec: str) -> str | None:
 class SnapshotSchedule:
     """Which steps of a run of `steps` steps keep a snapshot."""
 
-    def __init__(self, spec: str, steps: int):
+    def __init__(self, spec: str, steps: int, threshold: float = 0.7):
         self.parts = [p.strip() for p in str(spec).split("+")]
-        self.steps = steps
+        self.steps, self.threshold = steps, threshold
         self.fixed: Set[int] = {0, steps}
         self.every = [int(p.split(":")[1]) for p in self.parts if p.startswith("every:")]
         logs = [int(p.split(":")[1]) for p in self.parts if p.startswith("log:")]
@@ -62,8 +66,8 @@ class SnapshotSchedule:
         """A snapshot at the evaluation that logged `rows[-1]` (all rows so far)."""
         if "every_eval" in self.parts:
             return True
-        if "auto" in self.parts and len(rows) > 1:
-            return changing(rows[-2], rows[-1])
+        if "auto" in self.parts:
+            return in_formation_window(rows, self.threshold)
         return False
 
 
@@ -74,14 +78,26 @@ def log_spaced(n: int, steps: int) -> Set[int]:
     return {round(math.exp(math.log(steps) * i / (n - 1))) for i in range(n)}
 
 
-def changing(before: Dict[str, Any], now: Dict[str, Any]) -> bool:
-    def moved(key: str, by: float) -> bool:
-        a, b = before.get(key), now.get(key)
-        ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b))
-        return ok and abs(b - a) >= by
-
-    return (moved("phase_change/best_induction", AUTO_INDUCTION_MOVE)
-            or moved("eval/loss_second_copy", AUTO_LOSS_MOVE))
+def in_formation_window(rows: List[Dict[str, Any]], threshold: float) -> bool:
+    """Whether the newest of `rows` falls in the auto schedule's formation window (decided from
+    the rows alone, so a resumed run decides as the uninterrupted one did)."""
+    scores = [r.get("phase_change/best_induction") for r in rows]
+    scores = [s if isinstance(s, (int, float)) and math.isfinite(s) else None for s in scores]
+    lowest, rise = math.inf, None
+    for i, s in enumerate(scores):
+        if s is None:
+            continue
+        lowest = min(lowest, s)
+        if s - lowest >= AUTO_RISE:
+            rise = i
+            break
+    if rise is None:
+        return False
+    crossing = next((i for i, s in enumerate(scores) if s is not None and s >= threshold), None)
+    end = rise + AUTO_MAX_EVALS
+    if crossing is not None:
+        end = min(end, max(crossing, rise) + AUTO_SETTLE_EVALS)
+    return rise <= len(rows) - 1 <= end
 
 
 def snapshot_path(run_dir: Path, step: int) -> Path:
