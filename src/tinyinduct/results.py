@@ -187,7 +187,7 @@ def render_intervention_sweep(results: dict) -> str:
                 [s["l0_prev_token"] for s in seeds])})
     return "\n\n".join([_provenance(results), markdown_rows(rows, INTERVENTION_COLUMNS),
                          "![Curves of the intervention sweep, seed bands per condition]"
-                         "(docs/intervention_sweep.png)"])
+                         "(intervention_sweep.png)"])
 
 
 RENDERERS: Dict[str, Callable[[dict], str]] = {
