@@ -188,3 +188,18 @@ def test_the_logged_icl_score_is_this_score_on_the_64_sequence_eval_batch(tmp_pa
     assert score.tolist() == pytest.approx([r["icl/score"] for r in run.metrics], abs=1e-6)
     _, se256 = token_losses(run, steps=[20]).icl()
     assert se256[0] == pytest.approx(se64[-1] / 2, rel=0.3)
+
+
+@pytest.mark.slow  # end-to-end: SGLD chains on every head at two snapshots
+def test_analysis_command_line_with_the_llc_at_a_few_snapshots(tmp_path, capsys):
+    import json
+
+    from tinyinduct.analysis.__main__ import main
+
+    synthetic_run(tmp_path / "run")
+    assert main([str(tmp_path / "run"), "--llc", "--llc-snapshots", "2", "--out",
+                 str(tmp_path / "pics")]) == 0
+    assert "per-head LLC:" in capsys.readouterr().out
+    results = json.loads((tmp_path / "pics" / "analysis.json").read_text())
+    assert len(results["llc"]["steps"]) == 2  # the first and the last saved step
+    assert (tmp_path / "pics" / "llc_per_head.png").exists()

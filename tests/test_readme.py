@@ -40,7 +40,9 @@ EXERCISED_ELSEWHERE = {
     'pip install -e ".[llc]"': ".ci/run installs this extra",
     "python -m tinyinduct.analysis outputs/<date>/<time>": "test_analysis.py runs its main()",
     "python -m tinyinduct.analysis outputs/<date>/<time> --llc": "test_analysis.py runs its "
-    "main() (test_llc.py: the LLC on a run folder)",
+    "main() with --llc (test_llc.py: the LLC on a run folder)",
+    "python -m tinyinduct.analysis outputs/<date>/<time> --llc --llc-snapshots 6":
+    "test_analysis.py runs its main() with --llc --llc-snapshots",
     "python -m tinyinduct.replay multirun/<date>/<time> --metric mypkg.mymod:fn --out "
     "replay.jsonl": "test_replay_command.py runs this command on a sweep folder",
     "wandb sweep configs/wandb_sweep.yaml": "needs a W&B account; test_sweep.py builds and runs "
