@@ -38,7 +38,14 @@ from .phase import formed_at, phase_change_row
 from .record import copy_spans, save_attention, save_picture_tokens
 from .resume import ResumePoint, cut_metrics, load_resume_point, training_state
 from .rundir import RunFault, claim, out_of_memory
-from .runs import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, save_checkpoint
+from .runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    RunFileError,
+    read_summary,
+    save_checkpoint,
+)
 from .snapshots import SnapshotSchedule, drop_snapshots_after, save_snapshot
 from .stack import (
     StackedTransformer,
@@ -48,7 +55,7 @@ from .stack import (
     train_step,
 )
 from .summary import summarize
-from .tracking import SUMMARY_FILE, Tracker, read_summary, write_json_atomic
+from .tracking import SUMMARY_FILE, Tracker, write_json_atomic
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,7 +161,10 @@ def _prior_status(cfg: RunConfig, directory: Path) -> str | None:
     """The status a seed's earlier session ended with (None: none, or it was killed)."""
     if not cfg.resume:
         return None
-    return (read_summary(directory) or {}).get("status")
+    try:
+        return read_summary(directory / SUMMARY_FILE).get("status")
+    except RunFileError:  # a torn summary: the session was killed while writing it
+        return None
 
 
 class Loop:
@@ -207,7 +217,7 @@ class Loop:
 
     def _ended_seed(self, cfg: RunConfig, directory: Path) -> SeedRun:
         run = SeedRun(cfg, directory, None, None, None)  # type: ignore[arg-type]
-        run.summary = read_summary(directory)
+        run.summary = read_summary(directory / SUMMARY_FILE)
         run.error = run.summary.get("error") if run.summary.get("status") == "failed" else None
         run.stop_reason = run.summary.get("stop_reason") or "finished"
         return run

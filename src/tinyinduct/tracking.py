@@ -34,15 +34,6 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
                       + "\n")
 
 
-def read_summary(run_dir: Path) -> Dict[str, Any] | None:
-    """A run's summary.json, or None if it has none or it cannot be read."""
-    try:
-        data = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
     """Rows of a metrics.jsonl; a torn last line (a killed writer) is skipped."""
     rows = []
