@@ -14,7 +14,8 @@ markers.
 Parts: default_runs (docs/guide.md "Train": `python scripts/train.py seed=S`, seeds 0-4, each
 process timed whole), composition_sweep (`+experiment=composition_sweep`: 6 conditions x 8 seeds;
 formation time per condition and the K-only vs Q-only test), footnote6 (`+experiment=footnote6`:
-shortformer with keys blocked, 20,000 steps, 8 seeds). Runs go to
+shortformer with keys blocked, 8 seeds, the sweep's budget; read from the composition sweep's
+own job for that condition when both parts run together). Runs go to
 multirun/reproduce/<date>_<time>/<part>/ (`--runs-dir`); `--reuse-runs DIR` analyses the runs
 already in DIR/<part>/ instead of training. `--quick` trains a tiny model for a few steps, 2
 seeds and 2 conditions, and writes everything (a copy of the pages included) under `--out`
@@ -42,7 +43,7 @@ from tinyinduct.config import TrainConfig
 from tinyinduct.results import RENDERERS, doc_pages, mismatches, update_pages, write_results
 from tinyinduct.survival_plots import plot_formation_curves
 from tinyinduct.sweep_plots import plot_sweep
-from tinyinduct.sweep_report import load_sweep
+from tinyinduct.sweep_report import load_sweep, read_config
 from tinyinduct.sweep_survival import seed_conditions, seed_runs, sweep_survival
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,9 +105,10 @@ def run_train(args: List[str], log: Path) -> float:
     return seconds
 
 
-def stamp(results: dict, command: str, wall_seconds: float | None, ctx: Context) -> dict:
+def stamp(results: dict, command: str, wall_seconds: float | None, ctx: Context,
+          runs: Path | None = None) -> dict:
     return {"command": command, "date": datetime.date.today().isoformat(),
-            "wall_seconds": wall_seconds, "quick": ctx.quick, "runs_dir": str(ctx.runs),
+            "wall_seconds": wall_seconds, "quick": ctx.quick, "runs_dir": str(runs or ctx.runs),
             "trained_here": ctx.train,  # False: runs reused (--reuse-runs), machine is the reader
             "machine": machine(), **results}
 
@@ -150,18 +152,21 @@ def default_runs(ctx: Context) -> dict:
 # --- sweeps read back as formation times --------------------------------------------------------
 
 
-def survival_part(ctx: Context, args: List[str], command: str, sweep: bool) -> tuple:
-    """Train (a multirun if `sweep`), read the seed runs back, and return (results, conditions)."""
+def survival_part(ctx: Context, args: List[str], command: str, sweep: bool,
+                  read_from: Path | None = None) -> tuple:
+    """Train (a multirun if `sweep`; nothing if the runs are `read_from` another part's), read
+    the seed runs back, and return (results, conditions)."""
     seconds, stop = None, stop_after_formed()
-    if ctx.train:
+    runs = read_from or ctx.runs
+    if ctx.train and read_from is None:
         where = f"hydra.sweep.dir={ctx.runs}" if sweep else f"hydra.run.dir={ctx.runs}"
         stopping = [f"train.stop_after_formed={stop}"] if stop else []
         seconds = run_train([*(["-m"] if sweep else []), *args, where, *stopping],
                             ctx.runs.parent / f"{ctx.runs.name}.log")
-    conditions = load_sweep(ctx.runs)
+    conditions = load_sweep(runs)
     if not conditions:
-        raise SystemExit(f"error: no runs under {ctx.runs} (see {ctx.runs.name}.log beside it)")
-    results = stamp(sweep_survival(conditions), command, seconds, ctx)
+        raise SystemExit(f"error: no runs under {runs} (see {runs.name}.log beside it)")
+    results = stamp(sweep_survival(conditions), command, seconds, ctx, runs)
     stops = {(r.config.get("train") or {}).get("stop_after_formed") for r in seed_runs(conditions)}
     results["stop_after_formed"] = stops.pop() if len(stops) == 1 else None
     return results, seed_conditions(conditions)
@@ -170,7 +175,7 @@ def survival_part(ctx: Context, args: List[str], command: str, sweep: bool) -> t
 def composition_sweep(ctx: Context) -> dict:
     args = ["+experiment=composition_sweep"]
     if ctx.quick:
-        args += ["model.positional=standard", "model.blocked_composition=[K],[Q]",
+        args += ["model.positional=shortformer", "model.blocked_composition=[K],[Q]",
                  "train.n_seeds=2", *QUICK]
     else:
         args += [f"hydra/launcher={ctx.launcher}"]
@@ -192,10 +197,29 @@ def last_layer0_score(rows: List[dict], kind: str) -> float | None:
     return max(values) if values else None
 
 
+FOOTNOTE6 = {"positional": "shortformer", "blocked_composition": ["K"]}
+
+
+def sweep_job(sweep_dir: Path, model: Dict[str, object]) -> Path | None:
+    """The job directory of the composition sweep whose model settings include `model`."""
+    for config in sorted(sweep_dir.glob("*/config.yaml")) if sweep_dir.is_dir() else []:
+        settings = (read_config(config.parent).get("model") or {})
+        if all(settings.get(k) == v for k, v in model.items()):
+            return config.parent
+    return None
+
+
 def footnote6(ctx: Context) -> dict:
+    """Shortformer with keys blocked: the composition sweep's own condition when its runs are
+    beside this part's (the same config as `+experiment=footnote6`, so the same runs), else
+    trained alone."""
+    job = sweep_job(ctx.runs.parent / "composition_sweep", FOOTNOTE6)
+    if job is not None:
+        print(f"  the composition sweep's {job.name}/ job is this condition: read from there",
+              flush=True)
     args = ["+experiment=footnote6", *(["train.n_seeds=2", *QUICK] if ctx.quick else [])]
     results, conditions = survival_part(
-        ctx, args, "python scripts/reproduce.py --only footnote6", sweep=False)
+        ctx, args, "python scripts/reproduce.py --only footnote6", sweep=False, read_from=job)
     results["runs"] = [
         {"seed": run.seed, "status": (run.summary or {}).get("status", "incomplete"),
          "head": (run.summary or {}).get("best_induction_head"),

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -115,15 +116,19 @@ def test_quick_mode_runs_every_part_into_a_temp_folder(tmp_path):
                for r in default["runs"])
     sweep = results["composition_sweep"]
     assert [c["condition"] for c in sweep["conditions"]] == [
-        "positional=standard, blocked=K", "positional=standard, blocked=Q"]
+        "positional=shortformer, blocked=K", "positional=shortformer, blocked=Q"]
     assert [c["n"] for c in sweep["conditions"]] == [2, 2]  # 2 stacked seeds per condition
     assert sweep["conditions"][0]["budgets"] == [60] and sweep["wall_seconds"] > 0
-    assert [t["a"] for t in sweep["tests"]] == [["positional=standard, blocked=Q"]]
+    assert [t["a"] for t in sweep["tests"]] == [["positional=shortformer, blocked=Q"]]
     assert sweep["compute"]["seed_steps_budget"] == 4 * 60
     footnote = results["footnote6"]
     assert [c["condition"] for c in footnote["conditions"]] == [
         "positional=shortformer, blocked=K"]
     assert [r["seed"] for r in footnote["runs"]] == [0, 1]
+    # read from the sweep's own shortformer + [K] job, not trained a second time
+    assert Path(footnote["runs_dir"]).parent == out / "runs" / "composition_sweep"
+    assert not (out / "runs" / "footnote6").exists() and footnote["wall_seconds"] is None
+    assert footnote["conditions"][0]["n"] == sweep["conditions"][0]["n"]
     clamps = results["intervention_sweep"]
     assert len(clamps["conditions"]) == 3  # none, a previous-token clamp, an induction clamp
     assert all([s["seed"] for s in c["seeds"]] == [0, 1] for c in clamps["conditions"])
@@ -153,3 +158,24 @@ def test_bad_arguments_are_refused_in_one_line():
     assert proc.returncode == 2 and "--out goes with --quick" in proc.stderr
     proc = reproduce("--only", "nonsense")
     assert proc.returncode == 2 and "invalid choice: 'nonsense'" in proc.stderr
+
+
+def test_footnote6_experiment_is_the_sweeps_shortformer_k_blocked_condition():
+    """reproduce.py reads footnote 6 from the sweep's job when both run: the same runs only if
+    the two configs compose to the same run (everything but Hydra's own settings)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tinyinduct.cli import CONFIG_DIR
+
+    def run_config(*overrides: str) -> dict:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = OmegaConf.to_container(compose("train", overrides=list(overrides)))
+        cfg.pop("hydra", None)
+        return cfg
+
+    alone = run_config("+experiment=footnote6")
+    in_sweep = run_config("+experiment=composition_sweep", "model.positional=shortformer",
+                          "model.blocked_composition=[K]")
+    assert alone == in_sweep
+    assert alone["model"]["blocked_composition"] == ["K"] and alone["train"]["n_seeds"] == 8
