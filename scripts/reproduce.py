@@ -40,6 +40,9 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 from tinyinduct.config import TrainConfig
+from tinyinduct.report import write_sweep_report
+from tinyinduct.report.browser import missing as browser_missing
+from tinyinduct.report.browser import screenshot
 from tinyinduct.results import RENDERERS, doc_pages, mismatches, update_pages, write_results
 from tinyinduct.survival_plots import plot_formation_curves
 from tinyinduct.sweep_plots import plot_sweep
@@ -48,6 +51,8 @@ from tinyinduct.sweep_survival import seed_conditions, seed_runs, sweep_survival
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train.py"
+# The default run's report page is shown at this step (before its phase change) and at its end.
+REPORT_BEFORE = 800
 STOP_AFTER_FORMED = 500  # steps a run goes on after its head formed (where the loop supports it)
 # --quick: a narrow model for a few dozen steps (what the tests train), W&B off.
 QUICK = ["device=cpu", "train.steps=60", "train.eval_every=20", "train.checkpoint_every=40",
@@ -113,6 +118,20 @@ def stamp(results: dict, command: str, wall_seconds: float | None, ctx: Context,
             "machine": machine(), **results}
 
 
+def screenshots(shots: List[tuple]) -> None:
+    """(page, png, step or None) each: the page opened offline in headless Chromium, saved
+    whole. Without a browser the pictures are left as they are, and that is said."""
+    why = browser_missing()
+    if why:
+        print(f"  screenshots not taken ({why}): " + ", ".join(str(s[1]) for s in shots))
+        return
+    for page, png, step in shots:
+        problems = screenshot(page, png, step)
+        if problems:
+            raise SystemExit(f"error: {page} has problems in the browser: {problems}")
+        print(f"  screenshot {png}", flush=True)
+
+
 # --- default runs -------------------------------------------------------------------------------
 
 
@@ -143,6 +162,9 @@ def default_runs(ctx: Context) -> dict:
     figure = ctx.runs / "seed0" / "plots" / "loss_curves.png"
     if figure.exists():
         shutil.copyfile(figure, ctx.docs_root / "docs" / "loss_curves.png")
+    page, docs = ctx.runs / "seed0" / "report.html", ctx.docs_root / "docs"
+    screenshots([(page, docs / f"report_step{REPORT_BEFORE}.png", REPORT_BEFORE),
+                 (page, docs / "report_end.png", None)])
     return stamp({"run_command": "python scripts/train.py seed=S", "threshold":
                   s.get("threshold", 0.7), "runs": rows},
                  "python scripts/reproduce.py --only default_runs", total if ctx.train else None,
@@ -188,6 +210,8 @@ def composition_sweep(ctx: Context) -> dict:
                   for c in conditions for r in c.runs}
     plot_sweep(conditions, docs / "composition_sweep.png",
                threshold=thresholds.pop() if len(thresholds) == 1 else None)
+    page = write_sweep_report(ctx.runs, load_sweep(ctx.runs))  # what scripts/compare.py writes
+    screenshots([(page, docs / "compare_page.png", None)])
     return results
 
 

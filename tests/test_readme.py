@@ -120,6 +120,8 @@ def how_exercised(command: str) -> str | None:
         return "test_reproduce.py: --quick end to end (every part), --check, --from-results"
     if command.startswith("wandb leet "):
         return "test_wandb_leet_shows_the_offline_run"
+    if command.startswith("python -m tinyinduct.report.browser"):
+        return "test_report_browser.py::test_screenshots_show_the_page_at_a_step"
     if command.startswith("python -m tinyinduct.report"):
         return "test_report.py::test_report_command_writes_pages_and_redraws"
     if command.startswith("python scripts/compare.py"):

@@ -3,16 +3,22 @@ network cut off: no script error, no request leaving the file, and the slider sh
 numbers of the step it is moved to."""
 
 import json
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
+from conftest import child_env
 
 from tinyinduct.report import write_run_report, write_sweep_report
+from tinyinduct.report.browser import (
+    CHROMIUM,
+    chromium,
+    open_offline,
+    screenshot,
+    show_step,
+)
+from tinyinduct.report.browser import main as screenshot_main
 from tinyinduct.sweep_report import load_sweep
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -21,34 +27,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
-
-
-def open_offline(browser, path: Path):
-    """The page at `path`, every non-file request aborted; returns (page, problems) where
-    problems collects console errors, page errors and outside requests."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    problems = []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-            if m.type == "error" else None)
-    page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
-
-    def only_files(route):
-        if route.request.url.startswith("file:"):
-            route.continue_()
-        else:
-            problems.append(f"request: {route.request.url}")
-            route.abort()
-
-    page.route("**/*", only_files)
-    page.goto(path.as_uri())
-    page.wait_for_selector("body[data-ready='1']", timeout=20_000)
-    return page, problems
 
 
 def shown_scores(page) -> dict:
@@ -114,3 +94,34 @@ def test_sweep_page_opens_offline_with_every_condition(browser, recorded_sweep):
         "ps => ps.map(p => p.getAttribute('stroke-dasharray'))")
     assert len(set(dashes)) == len(dashes) == 3
     assert problems == []
+
+
+def test_show_step_moves_to_the_first_evaluation_at_or_after_a_step(browser, recorded_sweep):
+    _, runs = recorded_sweep
+    run_dir = runs["standard"]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    page, problems = open_offline(browser, write_run_report(run_dir))
+    assert show_step(page, steps[2] - 1) == steps[2]
+    assert page.locator("#step-label").get_attribute("data-step") == str(steps[2])
+    assert show_step(page, steps[-1] + 1000) == steps[-1]  # past the end: the last one
+    assert problems == []
+
+
+def test_screenshots_show_the_page_at_a_step(browser, recorded_sweep, tmp_path, capsys):
+    import matplotlib.image
+
+    _, runs = recorded_sweep
+    run_dir = runs["standard"]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    page = write_run_report(run_dir)
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    assert screenshot(page, first, steps[0], browser) == []
+    # the command, in its own process (it starts its own browser)
+    proc = subprocess.run([sys.executable, "-m", "tinyinduct.report.browser", str(page),
+                           str(last)], capture_output=True, text=True, env=child_env())
+    assert proc.returncode == 0 and f"Screenshot: {last}" in proc.stdout, proc.stderr
+    a, b = matplotlib.image.imread(first), matplotlib.image.imread(last)
+    assert a.shape[1] == b.shape[1] == 1280 and a.shape[0] > 900  # the full page, not the view
+    assert a.shape != b.shape or (a != b).any()  # step 0's patterns are not the last step's
+    assert screenshot_main([str(tmp_path / "nothing.html"), str(tmp_path / "x.png")]) == 2
+    assert "nothing.html is not a file" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import matplotlib.image
 import pytest
 from conftest import ROOT, child_env
 
+from tinyinduct.report.browser import missing as browser_missing
 from tinyinduct.results import (
     RENDERERS,
     all_blocks,
@@ -138,6 +139,13 @@ def test_quick_mode_runs_every_part_into_a_temp_folder(tmp_path):
     for figure in ("loss_curves", "formation_time", "composition_sweep", "footnote6",
                    "intervention_sweep"):
         assert matplotlib.image.imread(out / "docs" / f"{figure}.png").shape[0] > 100
+    # the report pages, screenshotted offline in Chromium (or said why not)
+    shots = ("report_step800", "report_end", "compare_page")
+    if browser_missing():
+        assert proc.stdout.count("screenshots not taken") == 2
+    else:
+        for shot in shots:
+            assert matplotlib.image.imread(out / "docs" / f"{shot}.png").shape[1] == 1280
 
     # the copies of the pages carry the quick tables, and --check agrees with their result files
     blocks = all_blocks(out)
