@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_loss import IGNORE, unembed_cross_entropy
+from .fused_loss import IGNORE, unembed_mean_cross_entropy
 from .model import AttnOnlyTransformer, fused_attention, layer_norm
 
 
@@ -172,18 +172,12 @@ class _Hook:
 
 
 def per_model_loss(model: StackedTransformer, tokens: torch.Tensor) -> torch.Tensor:  # [K]
-    """Each model's mean next-token cross-entropy on its own batch `tokens[k]`. The stacked
-    logits would be K times the largest tensor of a single step, so for several models the
-    unembedding and the loss are fused over cache-sized chunks (`fused_loss`); one model's
-    logits fit, and the plain cross-entropy, which need not recompute them in the backward pass,
-    is faster there."""
+    """Each model's mean next-token cross-entropy on its own batch `tokens[k]`. The logits are
+    the largest tensor of a step (K times so when stacked): the unembedding and the loss are fused
+    over cache-sized chunks, the gradient computed as each chunk passes (`fused_loss`)."""
     u = model.shell.unembed
     resid, targets = model.final_residual(tokens).flatten(1, 2), next_token_targets(tokens)
-    if tokens.shape[0] == 1:
-        logits = torch.baddbmm(u.b_U[:, None], resid, u.W_U)[0]  # [b * p, V]
-        return F.cross_entropy(logits, targets.flatten(), ignore_index=IGNORE)[None]
-    per_row = unembed_cross_entropy(resid, u.W_U, u.b_U, targets.flatten(1))
-    return per_row.sum(1) / (tokens.shape[1] * (tokens.shape[2] - 1))
+    return unembed_mean_cross_entropy(resid, u.W_U, u.b_U, targets.flatten(1))
 
 
 @torch.no_grad()
