@@ -121,13 +121,16 @@ def matmul_peak(device: torch.device, m: ModelConfig, tokens: int, timer: Timer,
     """Best GFLOP/s of a plain matmul over this model's shapes and one large square."""
     shapes = [(tokens, m.d_model, m.d_vocab), (tokens, m.d_model, 3 * m.n_heads * m.d_head),
               (1024, 1024, 1024) if device.type == "cpu" else (8192, 8192, 8192)]
-    best = 0.0
-    for a, b, c in shapes:
-        x = torch.randn(a, b, device=device, dtype=dtype)
-        y = torch.randn(b, c, device=device, dtype=dtype)
-        seconds = interleaved_medians(timer, {"mm": lambda x=x, y=y: x @ y}, 3)["mm"]
-        best = max(best, 2 * a * b * c / seconds / 1e9)
-    return best
+    return max(matmul_gflops(device, timer, 1, a, b, c, dtype) for a, b, c in shapes)
+
+
+def matmul_gflops(device: torch.device, timer: Timer, n: int, a: int, b: int, c: int,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of n independent `[a, b] @ [b, c]` matmuls in one call (a plain `mm` if n = 1)."""
+    x = torch.randn(n, a, b, device=device, dtype=dtype).squeeze(0)
+    y = torch.randn(n, b, c, device=device, dtype=dtype).squeeze(0)
+    seconds = interleaved_medians(timer, {"mm": lambda: x @ y}, 3)["mm"]
+    return 2 * n * a * b * c / seconds / 1e9
 
 
 def loop_step(models: List[torch.nn.Module], cfg: RunConfig,
@@ -248,7 +251,11 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
                   steps: int) -> List[Dict[str, Any]]:
     """Where tinyinduct's step goes: each part's share of a profiled step (`step_profile`), its
     time as that share of the unprofiled step's median, and for the parts that do matmuls, their
-    GFLOP/s at that time against the matmul peak of the same run."""
+    GFLOP/s at that time against the matmul peak of the same run and against one plain matmul of
+    the part's own shape: `[tokens, d_model] @ [d_model, n]` for the projections and the
+    unembedding; for attention the batched `[n_ctx, d_head] @ [d_head, n_ctx]` score matmul,
+    which writes the whole score matrix (what an unfused attention would do: above 100%, the
+    fused kernel beats it)."""
     results = []
     for name, (fields, batch) in configs.items():
         cfg, batches = model_batches(fields, batch, device)
@@ -257,14 +264,21 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
         step_s = interleaved_medians(timer, {"step": step}, repeats)["step"]
         profiled = profile_parts(step, steps)
         flops = part_flops_per_token(cfg.model)
+        m = cfg.model
+        own_shape = {"projections": (1, tokens, m.d_model, 3 * m.n_heads * m.d_head),
+                     "attention": (batch * m.n_heads, m.n_ctx, m.d_head, m.n_ctx),
+                     "unembed_loss": (1, tokens, m.d_model, m.d_vocab)}
         parts = {}
         for part in (*STEP_PARTS, "other"):
             share = profiled[part] / profiled["step"]
             row = {"share": share, "ms": 1e3 * share * step_s, "profiled_ms": 1e3 * profiled[part],
-                   "gflops": None, "fraction_of_matmul_peak": None}
+                   "gflops": None, "fraction_of_matmul_peak": None,
+                   "shape_matmul_gflops": None, "fraction_of_shape_matmul": None}
             if part in flops and share > 0:
                 row["gflops"] = flops[part] * tokens / (share * step_s) / 1e9
                 row["fraction_of_matmul_peak"] = row["gflops"] / peaks["fp32"]
+                row["shape_matmul_gflops"] = matmul_gflops(device, timer, *own_shape[part])
+                row["fraction_of_shape_matmul"] = row["gflops"] / row["shape_matmul_gflops"]
             parts[part] = row
         results.append({"config": name, "threads": threads, "model": fields, "batch_size": batch,
                         "tokens_per_step": tokens, "step_ms": 1e3 * step_s,
@@ -273,7 +287,8 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
         print(f"[{threads} thr] {name} profile: " + ", ".join(
             f"{part} {100 * r['share']:.0f}%" + (
                 "" if r["gflops"] is None else
-                f" ({r['gflops']:.0f} GFLOP/s, {100 * r['fraction_of_matmul_peak']:.0f}% of peak)")
+                f" ({r['gflops']:.0f} GFLOP/s: {100 * r['fraction_of_matmul_peak']:.0f}% of peak, "
+                f"{100 * r['fraction_of_shape_matmul']:.0f}% of a matmul of its shape)")
             for part, r in parts.items()), flush=True)
     return results
 

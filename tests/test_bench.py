@@ -53,8 +53,10 @@ def test_quick_benchmark_writes_its_json(tmp_path):
         if name in ("projections", "attention", "unembed_loss"):  # the parts doing matmuls
             assert r["gflops"] > 0 and r["fraction_of_matmul_peak"] == pytest.approx(
                 r["gflops"] / result["matmul_peak_gflops"]["1"]["fp32"])
+            assert r["fraction_of_shape_matmul"] == pytest.approx(
+                r["gflops"] / r["shape_matmul_gflops"])
         else:
-            assert r["gflops"] is None
+            assert r["gflops"] is None and r["shape_matmul_gflops"] is None
     # their FLOPs are the formula's terms: GFLOP/s x time adds up to the model's FLOPs
     done = sum(r["gflops"] * r["ms"] / 1e3 for r in parts.values() if r["gflops"])
     assert done * 1e9 == pytest.approx(model["flops_per_token"] * model["tokens_per_step"])
