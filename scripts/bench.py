@@ -46,6 +46,8 @@ from tinyinduct.data import RepeatedSegmentData
 from tinyinduct.loop import build_model, make_optimizer, resolve_device
 from tinyinduct.loop import train as train_run
 from tinyinduct.stack import StackedTransformer, next_token_loss, train_step
+from tinyinduct.step_profile import PARTS as STEP_PARTS
+from tinyinduct.step_profile import profile_parts
 
 FLOPS_FORMULA = ("3 * (L * (2*d*3*h*e + 2*h*e*d + 2*2*h*e*(n+1)/2) + 2*d*V) per token "
                  "(forward x3 for training; causal attention averaged over positions)")
@@ -56,14 +58,20 @@ CONFIGS = {
     "d128-ctx128": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=128, d_vocab=512), 32),
     "d128-ctx256": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=256, d_vocab=512), 16),
 }
-PARTS = ("models", "seeds", "induction")
+PARTS = ("models", "profile", "seeds", "induction")
 QUICK_CONFIGS = {"tiny": (dict(d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=64), 8)}
 
 
-def flops_per_token(m: ModelConfig) -> float:
+def part_flops_per_token(m: ModelConfig) -> Dict[str, float]:
+    """Training FLOPs per token of the step's parts that do matmuls (the formula's terms)."""
     L, d, h, e, n, V = m.n_layers, m.d_model, m.n_heads, m.d_head, m.n_ctx, m.d_vocab
-    forward = L * (2 * d * 3 * h * e + 2 * h * e * d + 2 * 2 * h * e * (n + 1) / 2) + 2 * d * V
-    return 3 * forward
+    return {"projections": 3 * L * (2 * d * 3 * h * e + 2 * h * e * d),
+            "attention": 3 * L * 2 * 2 * h * e * (n + 1) / 2,
+            "unembed_loss": 3 * 2 * d * V}
+
+
+def flops_per_token(m: ModelConfig) -> float:
+    return sum(part_flops_per_token(m).values())
 
 
 def run_config(fields: Dict[str, Any], batch: int, device: str) -> RunConfig:
@@ -113,13 +121,16 @@ def matmul_peak(device: torch.device, m: ModelConfig, tokens: int, timer: Timer,
     """Best GFLOP/s of a plain matmul over this model's shapes and one large square."""
     shapes = [(tokens, m.d_model, m.d_vocab), (tokens, m.d_model, 3 * m.n_heads * m.d_head),
               (1024, 1024, 1024) if device.type == "cpu" else (8192, 8192, 8192)]
-    best = 0.0
-    for a, b, c in shapes:
-        x = torch.randn(a, b, device=device, dtype=dtype)
-        y = torch.randn(b, c, device=device, dtype=dtype)
-        seconds = interleaved_medians(timer, {"mm": lambda x=x, y=y: x @ y}, 3)["mm"]
-        best = max(best, 2 * a * b * c / seconds / 1e9)
-    return best
+    return max(matmul_gflops(device, timer, 1, a, b, c, dtype) for a, b, c in shapes)
+
+
+def matmul_gflops(device: torch.device, timer: Timer, n: int, a: int, b: int, c: int,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of n independent `[a, b] @ [b, c]` matmuls in one call (a plain `mm` if n = 1)."""
+    x = torch.randn(n, a, b, device=device, dtype=dtype).squeeze(0)
+    y = torch.randn(n, b, c, device=device, dtype=dtype).squeeze(0)
+    seconds = interleaved_medians(timer, {"mm": lambda: x @ y}, 3)["mm"]
+    return 2 * n * a * b * c / seconds / 1e9
 
 
 def loop_step(models: List[torch.nn.Module], cfg: RunConfig,
@@ -188,16 +199,26 @@ def counted_flops_per_token(step: Callable[[], None], tokens: int) -> float:
     return counter.get_total_flops() / tokens
 
 
+def model_batches(fields: Dict[str, Any], batch: int, device: torch.device):
+    """The run config of a benchmarked model and 8 pre-generated batches `[b, p]`."""
+    # attn_bias: TransformerLens always trains b_Q, b_K, b_V, b_O, so tinyinduct does here
+    cfg = run_config({**fields, "attn_bias": True}, batch, str(device))
+    data = RepeatedSegmentData(cfg.data, seed=0, device=device)
+    return cfg, [data.sample().tokens for _ in range(8)]
+
+
+def tinyinduct_step(cfg: RunConfig, batches: List[torch.Tensor],
+                    device: torch.device) -> Callable[[], None]:
+    """The training loop's step of one model (K = 1) on the pre-generated batches."""
+    return loop_step([build_model(cfg, device)], cfg, cycling([b[None] for b in batches]))
+
+
 def bench_models(configs, device, threads, timer, repeats, peaks) -> List[Dict[str, Any]]:
     results = []
     for name, (fields, batch) in configs.items():
-        # attn_bias: TransformerLens always trains b_Q, b_K, b_V, b_O, so tinyinduct does here
-        cfg = run_config({**fields, "attn_bias": True}, batch, str(device))
-        data = RepeatedSegmentData(cfg.data, seed=0, device=device)
-        batches = [data.sample().tokens for _ in range(8)]
+        cfg, batches = model_batches(fields, batch, device)
         tokens = batch * cfg.data.seq_len
-        fns = {"tinyinduct": loop_step([build_model(cfg, device)], cfg,
-                                       cycling([b[None] for b in batches])),
+        fns = {"tinyinduct": tinyinduct_step(cfg, batches, device),
                "tinyinduct_plain_model": training_step(build_model(cfg, device), cfg, batches),
                "tinyinduct_explicit": training_step(build_model(cfg, device), cfg, batches,
                                                     explicit=True)}
@@ -223,6 +244,52 @@ def bench_models(configs, device, threads, timer, repeats, peaks) -> List[Dict[s
             " of peak)" for v, r in row["variants"].items())
             + (f"; {row['speedup_vs_transformer_lens']:.2f}x TransformerLens"
                if "speedup_vs_transformer_lens" in row else ""), flush=True)
+    return results
+
+
+def bench_profile(configs, device, threads, timer, repeats, peaks,
+                  steps: int) -> List[Dict[str, Any]]:
+    """Where tinyinduct's step goes: each part's share of a profiled step (`step_profile`), its
+    time as that share of the unprofiled step's median, and for the parts that do matmuls, their
+    GFLOP/s at that time against the matmul peak of the same run and against one plain matmul of
+    the part's own shape: `[tokens, d_model] @ [d_model, n]` for the projections and the
+    unembedding; for attention the batched `[n_ctx, d_head] @ [d_head, n_ctx]` score matmul,
+    which writes the whole score matrix (what an unfused attention would do: above 100%, the
+    fused kernel beats it)."""
+    results = []
+    for name, (fields, batch) in configs.items():
+        cfg, batches = model_batches(fields, batch, device)
+        tokens = batch * cfg.data.seq_len
+        step = tinyinduct_step(cfg, batches, device)
+        step_s = interleaved_medians(timer, {"step": step}, repeats)["step"]
+        profiled = profile_parts(step, steps)
+        flops = part_flops_per_token(cfg.model)
+        m = cfg.model
+        own_shape = {"projections": (1, tokens, m.d_model, 3 * m.n_heads * m.d_head),
+                     "attention": (batch * m.n_heads, m.n_ctx, m.d_head, m.n_ctx),
+                     "unembed_loss": (1, tokens, m.d_model, m.d_vocab)}
+        parts = {}
+        for part in (*STEP_PARTS, "other"):
+            share = profiled[part] / profiled["step"]
+            row = {"share": share, "ms": 1e3 * share * step_s, "profiled_ms": 1e3 * profiled[part],
+                   "gflops": None, "fraction_of_matmul_peak": None,
+                   "shape_matmul_gflops": None, "fraction_of_shape_matmul": None}
+            if part in flops and share > 0:
+                row["gflops"] = flops[part] * tokens / (share * step_s) / 1e9
+                row["fraction_of_matmul_peak"] = row["gflops"] / peaks["fp32"]
+                row["shape_matmul_gflops"] = matmul_gflops(device, timer, *own_shape[part])
+                row["fraction_of_shape_matmul"] = row["gflops"] / row["shape_matmul_gflops"]
+            parts[part] = row
+        results.append({"config": name, "threads": threads, "model": fields, "batch_size": batch,
+                        "tokens_per_step": tokens, "step_ms": 1e3 * step_s,
+                        "profiled_step_ms": 1e3 * profiled["step"], "profiled_steps": steps,
+                        "parts": parts})
+        print(f"[{threads} thr] {name} profile: " + ", ".join(
+            f"{part} {100 * r['share']:.0f}%" + (
+                "" if r["gflops"] is None else
+                f" ({r['gflops']:.0f} GFLOP/s: {100 * r['fraction_of_matmul_peak']:.0f}% of peak, "
+                f"{100 * r['fraction_of_shape_matmul']:.0f}% of a matmul of its shape)")
+            for part, r in parts.items()), flush=True)
     return results
 
 
@@ -316,9 +383,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed blocks per variant")
     parser.add_argument("--seeds", default="1,4,8,16", help="K values for many seeds at once")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
-    parser.add_argument("--parts", default="models,seeds,induction",
+    parser.add_argument("--parts", default="models,profile,seeds,induction",
                         help="what to measure, comma-separated: models (vs TransformerLens), "
-                             "seeds (many seeds at once), induction (a default run, ~1 min)")
+                             "profile (where tinyinduct's step goes, CPU), seeds (many seeds at "
+                             "once), induction (a default run, ~1 min)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     try:
@@ -344,7 +412,7 @@ def main() -> None:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "device": str(device), "machine": machine(), "quick": args.quick,
         "load_average_before": load_average(), "flops_formula": FLOPS_FORMULA,
-        "matmul_peak_gflops": {}, "models": [], "many_seeds": [],
+        "matmul_peak_gflops": {}, "models": [], "profile": [], "many_seeds": [],
     }
 
     def save(final: bool = False) -> None:  # after every part: a run cut short keeps its results
@@ -364,6 +432,13 @@ def main() -> None:
         if "models" in parts:
             result["models"] += bench_models(configs, device, n, timer, repeats, peaks)
             save()
+        if "profile" in parts and device.type == "cpu":
+            result["profile"] += bench_profile(configs, device, n, timer, repeats, peaks,
+                                               steps=2 if args.quick else 5)
+            save()
+        elif "profile" in parts and n == threads[0]:
+            print("profile: CPU only (the profiler's CPU ranges do not time a GPU's kernels); "
+                  "skipped", flush=True)
         # many seeds pay most where one model's batch is too small to fill the machine
         for batch in ([default_batch] if args.quick else [default_batch, default_batch // 4]):
             if "seeds" in parts:

@@ -41,6 +41,26 @@ def test_quick_benchmark_writes_its_json(tmp_path):
     else:
         assert "TransformerLens is not installed" in proc.stdout
 
+    (profile,) = result["profile"]  # where the step goes, per part, adding up to the step
+    assert profile["config"] == "tiny" and profile["threads"] == 1
+    parts = profile["parts"]
+    assert set(parts) == {"embedding", "projections", "attention", "unembed_loss", "optimizer",
+                          "other"}
+    assert sum(r["share"] for r in parts.values()) == pytest.approx(1.0)
+    assert sum(r["ms"] for r in parts.values()) == pytest.approx(profile["step_ms"])
+    for name, r in parts.items():
+        assert 0 <= r["share"] <= 1, name
+        if name in ("projections", "attention", "unembed_loss"):  # the parts doing matmuls
+            assert r["gflops"] > 0 and r["fraction_of_matmul_peak"] == pytest.approx(
+                r["gflops"] / result["matmul_peak_gflops"]["1"]["fp32"])
+            assert r["fraction_of_shape_matmul"] == pytest.approx(
+                r["gflops"] / r["shape_matmul_gflops"])
+        else:
+            assert r["gflops"] is None and r["shape_matmul_gflops"] is None
+    # their FLOPs are the formula's terms: GFLOP/s x time adds up to the model's FLOPs
+    done = sum(r["gflops"] * r["ms"] / 1e3 for r in parts.values() if r["gflops"])
+    assert done * 1e9 == pytest.approx(model["flops_per_token"] * model["tokens_per_step"])
+
     assert [r["n_seeds"] for r in result["many_seeds"]] == [1, 2]
     for row in result["many_seeds"]:
         assert row["aggregate_tokens_per_second"] > 0 and row["speedup_vs_sequential"] > 0

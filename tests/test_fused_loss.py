@@ -1,38 +1,59 @@
-"""The chunked unembedding + cross-entropy is `cross_entropy(resid @ W_U + b_U, targets)`."""
+"""The chunked unembedding + mean cross-entropy is `cross_entropy(resid @ W_U + b_U, targets)`,
+value and gradient (which it computes in the forward pass)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tinyinduct import fused_loss
-from tinyinduct.fused_loss import IGNORE, unembed_cross_entropy
+from tinyinduct.fused_loss import IGNORE, unembed_mean_cross_entropy
 
 
 @pytest.mark.parametrize("chunk_floats", [7, 100, 1 << 18])  # many, uneven and one chunk
 @pytest.mark.parametrize("models", [1, 3])
-def test_values_and_gradients_equal_plain_cross_entropy(monkeypatch, chunk_floats, models):
+def test_mean_loss_and_its_precomputed_gradient_equal_plain_cross_entropy(
+        monkeypatch, chunk_floats, models):
     monkeypatch.setattr(fused_loss, "CHUNK_FLOATS", chunk_floats)
-    torch.manual_seed(0)
+    torch.manual_seed(2)
     n, d, v = 13, 6, 11
     resid = torch.randn(models, n, d, dtype=torch.float64, requires_grad=True)
     W_U = torch.randn(models, d, v, dtype=torch.float64, requires_grad=True)
     b_U = torch.randn(models, v, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, v, (models, n))
     targets[:, -1] = IGNORE
-    targets[0, 3] = IGNORE
-    weights = torch.rand(models, n, dtype=torch.float64)  # any upstream gradient
-    fused = unembed_cross_entropy(resid, W_U, b_U, targets)
+    targets[0, 3] = IGNORE  # model 0 averages over one row fewer
+    weights = torch.rand(models, dtype=torch.float64) + 0.5  # each model's upstream gradient
+    fused = unembed_mean_cross_entropy(resid, W_U, b_U, targets)
     (fused * weights).sum().backward()
     got = [t.grad.clone() for t in (resid, W_U, b_U)]
     for t in (resid, W_U, b_U):
         t.grad = None
-    plain = F.cross_entropy((resid @ W_U + b_U[:, None]).flatten(0, 1), targets.flatten(),
-                            ignore_index=IGNORE, reduction="none").view(models, n)
+    plain = torch.stack([F.cross_entropy(resid[k] @ W_U[k] + b_U[k], targets[k],
+                                         ignore_index=IGNORE) for k in range(models)])
     (plain * weights).sum().backward()
     torch.testing.assert_close(fused, plain)
-    assert torch.all(fused[targets == IGNORE] == 0)
     for g, t in zip(got, (resid, W_U, b_U)):
         torch.testing.assert_close(g, t.grad)
+    with torch.no_grad():  # evaluation: the same value, without the gradient pass
+        torch.testing.assert_close(unembed_mean_cross_entropy(resid, W_U, b_U, targets), plain)
+
+
+def test_mean_loss_on_a_float32_training_shape_equals_cross_entropy():
+    """The shape of a default step (2,048 rows, 512 tokens, several chunks) in float32."""
+    torch.manual_seed(3)
+    resid = torch.randn(1, 2048, 64, requires_grad=True)
+    W_U = (0.3 * torch.randn(1, 64, 512)).requires_grad_()
+    b_U = (0.1 * torch.randn(1, 512)).requires_grad_()
+    targets = torch.randint(0, 512, (1, 2048))
+    targets[0, 63::64] = IGNORE  # each sequence's last position
+    unembed_mean_cross_entropy(resid, W_U, b_U, targets).sum().backward()
+    got = [t.grad.clone() for t in (resid, W_U, b_U)]
+    for t in (resid, W_U, b_U):
+        t.grad = None
+    F.cross_entropy(torch.addmm(b_U[0], resid[0], W_U[0]), targets[0],
+                    ignore_index=IGNORE).backward()
+    for g, t in zip(got, (resid, W_U, b_U)):
+        torch.testing.assert_close(g, t.grad, atol=1e-7, rtol=1e-4)
 
 
 def test_gradcheck():
@@ -42,4 +63,4 @@ def test_gradcheck():
     b_U = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([[0, 1, 2, 3, IGNORE], [3, IGNORE, 1, 0, 2]])
     assert torch.autograd.gradcheck(
-        lambda r, w, b: unembed_cross_entropy(r, w, b, targets), (resid, W_U, b_U))
+        lambda r, w, b: unembed_mean_cross_entropy(r, w, b, targets), (resid, W_U, b_U))

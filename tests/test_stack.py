@@ -66,6 +66,26 @@ def test_stacked_logits_and_gradients_equal_each_model_alone(variant):
                                        atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_one_stacked_model_at_the_default_shape_equals_the_plain_model():
+    """K = 1, the path every single run trains through, at the default model and batch (several
+    loss chunks), float32: loss and every gradient equal the plain model's."""
+    torch.manual_seed(0)
+    model = AttnOnlyTransformer(ModelConfig(attn_bias=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    stacked = StackedTransformer([model])
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 32, model.cfg.n_ctx))
+    (loss,) = per_model_loss(stacked, tokens)
+    loss.backward()
+    alone = next_token_loss(model(tokens[0]), tokens[0])
+    alone.backward()
+    torch.testing.assert_close(loss, alone)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(stacked.shell.get_parameter(name).grad[0], p.grad,
+                                   atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_gradient_clipping_is_per_model():
     models = perturbed_models(2)
     stacked = StackedTransformer(models)

@@ -47,6 +47,7 @@ from .hooks import (
     name_hook_points,
     names_matching,
 )
+from .step_profile import part
 
 Cache = Dict[str, torch.Tensor]
 SPLIT_INPUTS = ("hook_q_input", "hook_k_input", "hook_v_input")
@@ -123,22 +124,25 @@ def fused_attention(
     skipped rather than added."""
     n_heads = weights[0].shape[-3]
     qkv: list = [None, None, None]
-    for i, x in enumerate(inputs):
-        if qkv[i] is not None:
-            continue
-        same = [j for j in range(i, 3) if inputs[j] is x]
-        W = torch.cat([weights[j] for j in same], dim=-3) if len(same) > 1 else weights[i]
-        y = torch.einsum("...bpd,...hde->...bhpe", x, W)
-        if biases is not None:
-            y = y + torch.cat([biases[j] for j in same], dim=-2)[..., None, :, None, :]
-        for j, part in zip(same, y.split(n_heads, dim=-3)):
-            qkv[j] = part
+    with part("projections"):
+        for i, x in enumerate(inputs):
+            if qkv[i] is not None:
+                continue
+            same = [j for j in range(i, 3) if inputs[j] is x]
+            W = torch.cat([weights[j] for j in same], dim=-3) if len(same) > 1 else weights[i]
+            y = torch.einsum("...bpd,...hde->...bhpe", x, W)
+            if biases is not None:
+                y = y + torch.cat([biases[j] for j in same], dim=-2)[..., None, :, None, :]
+            for j, y_part in zip(same, y.split(n_heads, dim=-3)):
+                qkv[j] = y_part
     q, k, v = qkv
     lead = q.shape[:-3]  # SDPA wants one batch axis: fold the model axis into it
-    z = F.scaled_dot_product_attention(*(t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)),
-                                       is_causal=True, scale=scale)
-    out = torch.einsum("...bhpe,...hed->...bpd", z.view(*lead, *z.shape[-3:]), weights[3])
-    return out if biases is None else out + biases[3][..., None, None, :]
+    with part("attention"):
+        z = F.scaled_dot_product_attention(*(t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)),
+                                           is_causal=True, scale=scale)
+    with part("projections"):
+        out = torch.einsum("...bhpe,...hed->...bpd", z.view(*lead, *z.shape[-3:]), weights[3])
+        return out if biases is None else out + biases[3][..., None, None, :]
 
 
 class Attention(nn.Module):

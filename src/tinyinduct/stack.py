@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_loss import IGNORE, unembed_cross_entropy
+from .fused_loss import IGNORE, unembed_mean_cross_entropy
 from .model import AttnOnlyTransformer, fused_attention, layer_norm
+from .step_profile import part
 
 
 def next_token_targets(tokens: torch.Tensor) -> torch.Tensor:  # [..., pos] -> [..., pos]
@@ -85,9 +86,10 @@ class StackedTransformer(nn.Module):
         offset = torch.arange(n_models, device=tokens.device)[:, None, None] * d_vocab
         # F.embedding, not W_E[k, tokens]: its backward sums rows in a fixed order on any number
         # of threads, where advanced indexing accumulates in parallel (bits vary run to run)
-        embed = F.embedding(tokens + offset, m.embed.W_E.flatten(0, 1))  # [K, b, p, d]
-        pos = m.pos_embed.W_pos[:, None, : tokens.shape[-1]]  # [K, 1, p, d]
-        resid = embed if shortformer else embed + pos
+        with part("embedding"):
+            embed = F.embedding(tokens + offset, m.embed.W_E.flatten(0, 1))  # [K, b, p, d]
+            pos = m.pos_embed.W_pos[:, None, : tokens.shape[-1]]  # [K, 1, p, d]
+            resid = embed if shortformer else embed + pos
         direct, blocked = resid, set(cfg.blocked_composition)
         for layer, block in enumerate(m.blocks):
             inputs = AttnOnlyTransformer._attn_inputs(
@@ -172,18 +174,13 @@ class _Hook:
 
 
 def per_model_loss(model: StackedTransformer, tokens: torch.Tensor) -> torch.Tensor:  # [K]
-    """Each model's mean next-token cross-entropy on its own batch `tokens[k]`. The stacked
-    logits would be K times the largest tensor of a single step, so for several models the
-    unembedding and the loss are fused over cache-sized chunks (`fused_loss`); one model's
-    logits fit, and the plain cross-entropy, which need not recompute them in the backward pass,
-    is faster there."""
+    """Each model's mean next-token cross-entropy on its own batch `tokens[k]`. The logits are
+    the largest tensor of a step (K times so when stacked): the unembedding and the loss are fused
+    over cache-sized chunks, the gradient computed as each chunk passes (`fused_loss`)."""
     u = model.shell.unembed
     resid, targets = model.final_residual(tokens).flatten(1, 2), next_token_targets(tokens)
-    if tokens.shape[0] == 1:
-        logits = torch.baddbmm(u.b_U[:, None], resid, u.W_U)[0]  # [b * p, V]
-        return F.cross_entropy(logits, targets.flatten(), ignore_index=IGNORE)[None]
-    per_row = unembed_cross_entropy(resid, u.W_U, u.b_U, targets.flatten(1))
-    return per_row.sum(1) / (tokens.shape[1] * (tokens.shape[2] - 1))
+    with part("unembed_loss"):
+        return unembed_mean_cross_entropy(resid, u.W_U, u.b_U, targets.flatten(1))
 
 
 @torch.no_grad()
@@ -210,10 +207,11 @@ def train_step(model: StackedTransformer, optimizer: torch.optim.Optimizer,
     losses.sum().backward()
     if after_backward is not None:
         after_backward()
-    if grad_clip > 0:
-        clip_grad_norm_per_model_(list(model.parameters()), grad_clip)
-    optimizer.step()
-    scheduler.step()
+    with part("optimizer"):
+        if grad_clip > 0:
+            clip_grad_norm_per_model_(list(model.parameters()), grad_clip)
+        optimizer.step()
+        scheduler.step()
     return losses.detach()
 
 

@@ -1,0 +1,60 @@
+"""The profile of a real training step gives every operation, forward and backward, to the part
+of the step it belongs to, and the parts add up to the step."""
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from tinyinduct import AttnOnlyTransformer, ModelConfig
+from tinyinduct.stack import StackedTransformer, train_step
+from tinyinduct.step_profile import PARTS, attribute, part, profile_parts
+
+SMALL = dict(n_layers=2, n_heads=2, d_model=16, d_head=8, n_ctx=16, d_vocab=32, attn_bias=True)
+
+
+def small_step():
+    torch.manual_seed(0)
+    model = StackedTransformer([AttnOnlyTransformer(ModelConfig(**SMALL))])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    tokens = torch.randint(0, 32, (1, 4, 16))
+    return lambda: train_step(model, optimizer, scheduler, tokens, grad_clip=1.0)
+
+
+def test_forward_and_backward_operations_belong_to_their_part():
+    step = small_step()
+    step()  # AdamW's state exists: the profiled step is a steady one
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    parts = {}
+    for event, name in attribute(prof.events()):
+        parts.setdefault(event.name, set()).add(name)
+    # the flash kernel and its backward, both layers
+    assert parts["aten::_scaled_dot_product_flash_attention_for_cpu"] == {"attention"}
+    assert parts["aten::_scaled_dot_product_flash_attention_for_cpu_backward"] == {"attention"}
+    assert parts["aten::embedding_dense_backward"] == {"embedding"}
+    assert parts["aten::logsumexp"] == {"unembed_loss"}
+    assert any(n.startswith("Optimizer.step") and p == {"optimizer"} for n, p in parts.items())
+    # the projections' matmuls, forward (bmm) and backward (two bmm per forward bmm)
+    assert "projections" in parts["aten::bmm"] and "attention" not in parts["aten::bmm"]
+    backward_bmm = [name for event, name in attribute(prof.events())
+                    if event.name == "aten::bmm" and event.cpu_parent is not None
+                    and event.cpu_parent.name == "BmmBackward0"]
+    assert backward_bmm and set(backward_bmm) == {"projections"}
+    # the residual adds belong to no part ("other")
+    assert None in parts["aten::add"]
+
+
+def test_parts_add_up_to_the_profiled_step():
+    step = small_step()
+    step()
+    seconds = profile_parts(step, steps=2)
+    assert set(seconds) == {*PARTS, "other", "step"}
+    for name in PARTS:
+        assert seconds[name] > 0, name
+    assert seconds["other"] >= 0
+    assert abs(sum(seconds[name] for name in (*PARTS, "other")) - seconds["step"]) < 1e-9
+
+
+def test_part_is_free_without_a_profiler():
+    with part("attention") as marker:
+        assert marker is None  # a null context: no profiler range recorded
