@@ -15,7 +15,9 @@ Parts: default_runs (docs/guide.md "Train": `python scripts/train.py seed=S`, se
 process timed whole), composition_sweep (`+experiment=composition_sweep`: 6 conditions x 8 seeds;
 formation time per condition and the K-only vs Q-only test), footnote6 (`+experiment=footnote6`:
 shortformer with keys blocked, 8 seeds, the sweep's budget; read from the composition sweep's
-own job for that condition when both parts run together). Runs go to
+own job for that condition when both parts run together), intervention_sweep
+(`+experiment=intervention_sweep`) and speed (`scripts/bench.py`, docs/speed.md; run it with
+nothing else on the machine). Runs go to
 multirun/reproduce/<date>_<time>/<part>/ (`--runs-dir`); `--reuse-runs DIR` analyses the runs
 already in DIR/<part>/ instead of training. `--quick` trains a tiny model for a few steps, 2
 seeds and 2 conditions, and writes everything (a copy of the pages included) under `--out`
@@ -58,6 +60,7 @@ from tinyinduct.sweep_survival import seed_conditions, seed_runs, sweep_survival
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train.py"
+BENCH = ROOT / "scripts" / "bench.py"
 # The default run's report page is shown at this step (before its phase change) and at its end.
 REPORT_BEFORE = 800
 STOP_AFTER_FORMED = 500  # steps a run goes on after its head formed (where the loop supports it)
@@ -101,9 +104,10 @@ def machine() -> Dict[str, object]:
             "load_average_before": round(os.getloadavg()[0], 2)}
 
 
-def run_train(args: List[str], log: Path) -> float:
-    """`python scripts/train.py ARGS`, its output in `log`; returns its wall seconds."""
-    command = [sys.executable, str(TRAIN), *args]
+def run_train(args: List[str], log: Path, script: Path = TRAIN) -> float:
+    """`python scripts/train.py ARGS` (or another script), its output in `log`; returns its wall
+    seconds."""
+    command = [sys.executable, str(script), *args]
     print("  $ " + " ".join(command[1:]), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -304,11 +308,29 @@ def intervention_condition(condition) -> dict:
 
 
 # The parts, in the order the docs show them.
+# --- speed (docs/speed.md) ------------------------------------------------------------------------
+
+
+def speed(ctx: Context) -> dict:
+    """`scripts/bench.py` with its defaults (every part, 1 and 2 threads); alone on the machine,
+    or its ratios mean little."""
+    out = ctx.runs / "bench.json"
+    if ctx.train:
+        quick = ["--quick", "--threads", "1", "--parts", "models,profile"]
+        run_train(["--out", str(out), *(quick if ctx.quick else [])],
+                  ctx.runs.parent / f"{ctx.runs.name}.log", script=BENCH)
+    if not out.exists():
+        raise SystemExit(f"error: no {out} (see {ctx.runs.name}.log beside it)")
+    return {"command": "python scripts/reproduce.py --only speed",
+            "bench": json.loads(out.read_text())}
+
+
 PARTS: Dict[str, Callable[[Context], dict]] = {
     "default_runs": default_runs,
     "composition_sweep": composition_sweep,
     "footnote6": footnote6,
     "intervention_sweep": intervention_sweep,
+    "speed": speed,
 }
 # every part has its table; the other tables are made from parts' files (results.SOURCES)
 assert set(PARTS) == set(RENDERERS) - set(SOURCES)

@@ -40,6 +40,7 @@ def test_readme_tables_are_the_committed_result_files():
     assert set(blocks) == set(RENDERERS)  # every part has its place in one page
     assert set(readme_blocks((ROOT / "docs" / "sweep.md").read_text())) == {
         "composition_sweep", "footnote6", "intervention_sweep"}
+    assert set(readme_blocks((ROOT / "docs" / "speed.md").read_text())) == {"speed"}
     assert mismatches(ROOT) == []
     committed = json.loads((ROOT / "docs" / "results" / "default_runs.json").read_text())
     assert blocks["default_runs"] == render("default_runs", committed)
@@ -176,6 +177,10 @@ def test_quick_mode_runs_every_part_into_a_temp_folder(tmp_path):
     induction = next(c for c in clamps["conditions"] if "L1H0=induction" in c["condition"])
     assert all(s["interventions"] == {"clamp_pattern": {"L1H0": "induction"}}
                for s in induction["seeds"])
+    bench = results["speed"]["bench"]
+    assert [r["config"] for r in bench["models"]] == [r["config"] for r in bench["profile"]]
+    assert all(abs(sum(p["share"] for p in r["parts"].values()) - 1) < 1e-6
+               for r in bench["profile"])
     for figure in ("loss_curves", "formation_time", "composition_sweep", "footnote6",
                    "intervention_sweep"):
         assert matplotlib.image.imread(out / "docs" / f"{figure}.png").shape[0] > 100

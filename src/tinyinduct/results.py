@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from .speed_results import render_speed
 from .stats import (
     SURVIVAL_COLUMNS,
     censoring_lines,
@@ -245,6 +246,7 @@ RENDERERS: Dict[str, Callable[[dict], str]] = {
     "footnote6": render_footnote6,
     "intervention_sweep": render_intervention_sweep,
     "answer": render_answer,
+    "speed": render_speed,
 }
 # A block made from several result files: its name -> the files it reads (else its own name).
 SOURCES: Dict[str, tuple] = {"answer": ("composition_sweep", "footnote6")}

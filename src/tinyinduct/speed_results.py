@@ -1,0 +1,119 @@
+"""docs/speed.md's tables, from the JSON file `scripts/bench.py` writes (committed as
+docs/results/speed.json by `scripts/reproduce.py --only speed`, as
+{"command": ..., "bench": ...})."""
+
+from __future__ import annotations
+
+from typing import List
+
+from .stats import markdown_rows
+
+PROFILE_PARTS = ("embedding", "projections", "attention", "unembed_loss", "optimizer", "other")
+PART_NAMES = {"unembed_loss": "unembedding + loss"}
+
+
+def _provenance(results: dict) -> str:
+    bench = results["bench"]
+    m = bench.get("machine") or {}
+    what = ", ".join(str(v) for v in (
+        m.get("cpu") and f"{m['cpu']} ({m.get('cpu_count')} cores)",
+        m.get("gpu"), m.get("torch") and f"torch {m['torch']}",
+        m.get("transformer_lens") and f"TransformerLens {m['transformer_lens']}") if v)
+    load = [bench.get("load_average_before"), bench.get("load_average_after")]
+    load_text = "" if None in load else (
+        f"; load average {load[0][0]:.1f} before, {load[1][0]:.1f} after (1 min)")
+    return (f"Measured by `{results['command']}` (`scripts/bench.py` with its defaults), "
+            f"{bench['date'][:10]}, on {what}{load_text}.")
+
+
+def _peak_text(bench: dict) -> str:
+    peaks = bench.get("matmul_peak_gflops") or {}
+    return ", ".join(f"{p['fp32']:.0f} GFLOP/s at {n} thread{'s' if n != '1' else ''}"
+                     for n, p in peaks.items())
+
+
+def _rate(variants: dict, name: str) -> str:
+    return f"{variants[name]['tokens_per_second']:,.0f}" if name in variants else "-"
+
+
+def step_table(bench: dict) -> str:
+    columns = ("config", "threads", "tinyinduct", "explicit path", "TransformerLens",
+               "tinyinduct / TL", "FLOPs/token", "tinyinduct GFLOP/s")
+    rows = []
+    for r in bench["models"]:
+        v = r["variants"]
+        tl = r.get("speedup_vs_transformer_lens")
+        ours = v["tinyinduct"]
+        rows.append({"config": r["config"], "threads": str(r["threads"]),
+                     "tinyinduct": _rate(v, "tinyinduct"),
+                     "explicit path": _rate(v, "tinyinduct_explicit"),
+                     "TransformerLens": _rate(v, "transformer_lens"),
+                     "tinyinduct / TL": "-" if tl is None else f"{tl:.2f}x",
+                     "FLOPs/token": f"{r['flops_per_token'] / 1e3:,.0f}k",
+                     "tinyinduct GFLOP/s": f"{ours['gflops']:.1f} "
+                                           f"({100 * ours['fraction_of_matmul_peak']:.0f}%)"})
+    return markdown_rows(rows, columns)
+
+
+def profile_table(bench: dict) -> str:
+    """Per config and thread count: the step's time, then each part's share, and for the matmul
+    parts their GFLOP/s as a share of the run's matmul peak and of a matmul of their own shape."""
+    columns = ("config", "threads", "step", *(PART_NAMES.get(p, p) for p in PROFILE_PARTS))
+    rows = []
+    for r in bench["profile"]:
+        row = {"config": r["config"], "threads": str(r["threads"]),
+               "step": f"{r['step_ms']:.1f} ms"}
+        for p in PROFILE_PARTS:
+            part = r["parts"][p]
+            text = f"{100 * part['share']:.0f}%"
+            if part.get("gflops") is not None:
+                text += (f": {part['gflops']:.0f} GFLOP/s, "
+                         f"{100 * part['fraction_of_matmul_peak']:.0f}% of peak")
+                if part.get("fraction_of_shape_matmul") is not None:
+                    text += f", {100 * part['fraction_of_shape_matmul']:.0f}% of its shape's"
+            row[PART_NAMES.get(p, p)] = text
+        rows.append(row)
+    return markdown_rows(rows, columns)
+
+
+def seeds_table(bench: dict) -> str:
+    ks = sorted({r["n_seeds"] for r in bench["many_seeds"]})
+    columns = ("threads", "batch", *(f"K = {k}" for k in ks))
+    grouped: dict = {}
+    for r in bench["many_seeds"]:
+        grouped.setdefault((r["threads"], r["batch_size"]), {})[r["n_seeds"]] = r
+    rows = [{"threads": str(t), "batch": str(b),
+             **{f"K = {k}": f"{by_k[k]['speedup_vs_sequential']:.2f}x" if k in by_k else "-"
+                for k in ks}} for (t, b), by_k in grouped.items()]
+    return markdown_rows(rows, columns)
+
+
+def render_speed(results: dict) -> str:
+    """{"command": the command that ran the benchmark, "bench": the JSON it wrote}."""
+    bench = results["bench"]
+    parts: List[str] = [_provenance(results)]
+    if bench.get("models"):
+        parts += [f"Training step, tokens/s (medians of interleaved blocks; GFLOP/s by the "
+                  f"formula above, as a share of the matmul peak measured in the same run: "
+                  f"{_peak_text(bench)}):", step_table(bench)]
+    if bench.get("profile"):
+        parts += ["Where tinyinduct's step goes (`--parts profile`): each part's share of the "
+                  "step, and for the parts made of matmuls their GFLOP/s, as a share of the "
+                  "matmul peak and of one plain matmul of the part's own shape:",
+                  profile_table(bench)]
+    if bench.get("many_seeds"):
+        parts += ["Many seeds at once: aggregate tokens/s of K stacked seeds over K sequential "
+                  "runs (default model; K = 1 is the stacked code against the plain step):",
+                  seeds_table(bench)]
+    t = bench.get("time_to_induction")
+    if t:
+        crossed = ("did not cross 0.7" if t["phase_change_step"] is None else
+                   f"crossed 0.7 at step {t['phase_change_step']:,} "
+                   f"({t['phase_change_tokens'] / 1e6:.2f} M tokens, "
+                   f"{t['phase_change_training_seconds']:.1f} s of training)")
+        parts.append(f"Time to induction of the default config ({t['threads']} threads, in the "
+                     f"same run): the best layer-1 induction score {crossed} and ended at "
+                     f"{t['best_induction_score']:.2f}; evaluation every {t['eval_every']} steps "
+                     f"took {100 * t['eval_fraction_of_wall']:.1f}% of the run's wall time "
+                     f"({t['tokens_per_second']:,.0f} training tokens/s).")
+    return "\n\n".join(parts)
