@@ -41,7 +41,10 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from tinyinduct import load_run
+from tinyinduct.analysis.position import layer0_position
 from tinyinduct.config import TrainConfig
+from tinyinduct.data import RepeatedSegmentData
 from tinyinduct.report import write_sweep_report
 from tinyinduct.report.browser import missing as browser_missing
 from tinyinduct.report.browser import screenshot
@@ -53,6 +56,7 @@ from tinyinduct.results import (
     update_pages,
     write_results,
 )
+from tinyinduct.runs import RunFileError
 from tinyinduct.survival_plots import plot_formation_curves
 from tinyinduct.sweep_plots import plot_sweep
 from tinyinduct.sweep_report import load_sweep, read_config
@@ -233,6 +237,8 @@ def last_layer0_score(rows: List[dict], kind: str) -> float | None:
 
 
 FOOTNOTE6 = {"positional": "shortformer", "blocked_composition": ["K"]}
+FOOTNOTE6_CONTROL = {"positional": "shortformer", "blocked_composition": ["Q"]}
+POSITION_DATA_SEED = 20_000  # fresh sequences, none a run trained or was evaluated on
 
 
 def sweep_job(sweep_dir: Path, model: Dict[str, object]) -> Path | None:
@@ -242,6 +248,20 @@ def sweep_job(sweep_dir: Path, model: Dict[str, object]) -> Path | None:
         if all(settings.get(k) == v for k, v in model.items()):
             return config.parent
     return None
+
+
+def position_sources(run_dir: Path) -> dict:
+    """How much position layer 0 of the run's last checkpoint writes (`analysis.position`), on
+    256 fresh sequences of its own data."""
+    try:
+        run = load_run(run_dir)
+    except (FileNotFoundError, RunFileError) as err:  # named in the table as "-"
+        print(f"  no layer-0 position measure for {run_dir}: {err}", flush=True)
+        return {"l0_position_r2": None, "l0_bos_attention": None}
+    data = RepeatedSegmentData(run.config.data, seed=POSITION_DATA_SEED)
+    found = layer0_position(run.model, data.sample(256).tokens)
+    return {"l0_position_r2": found["position_r2"],
+            "l0_bos_attention": max(found["bos_attention"].values())}
 
 
 def footnote6(ctx: Context) -> dict:
@@ -263,8 +283,15 @@ def footnote6(ctx: Context) -> dict:
          "phase_change_step": (run.summary or {}).get("phase_change_step"),
          "mechanism": (run.summary or {}).get("mechanism"),
          "l0_prev_token": last_layer0_score(run.rows, "prev_token"),
-         "l0_duplicate": last_layer0_score(run.rows, "duplicate")}
+         "l0_duplicate": last_layer0_score(run.rows, "duplicate"),
+         **position_sources(run.run_dir)}
         for condition in conditions for run in condition.runs]
+    # the same measures where K-composition does the work (queries blocked), for comparison
+    control = sweep_job(ctx.runs.parent / "composition_sweep", FOOTNOTE6_CONTROL)
+    if control is not None:
+        seeds = [position_sources(d.parent) for d in sorted(control.glob("seed*/config.yaml"))]
+        results["control"] = {"condition": "positional=shortformer, blocked=Q",
+                              "runs": [s for s in seeds if s["l0_position_r2"] is not None]}
     plot_sweep(conditions, ctx.docs_root / "docs" / "footnote6.png")
     return results
 

@@ -132,7 +132,12 @@ def render_composition_sweep(results: dict) -> str:
 
 
 FOOTNOTE6_COLUMNS = ("seed", "best layer-1 head", "score", "loss ratio", "crossed at step",
-                     "mechanism", "L0 previous-token", "L0 duplicate-token")
+                     "mechanism", "L0 previous-token", "L0 duplicate-token",
+                     "position in L0's output (R²)", "L0 attention to BOS")
+
+
+def _score(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def render_footnote6(results: dict) -> str:
@@ -140,11 +145,26 @@ def render_footnote6(results: dict) -> str:
              "score": f"{r['score']:.2f}", "loss ratio": f"{r['loss_ratio']:.2f}",
              "crossed at step": _steps(r.get("phase_change_step")),
              "mechanism": r.get("mechanism") or "-",
-             "L0 previous-token": f"{r['l0_prev_token']:.2f}" if r.get("l0_prev_token") is not None
-             else "-",
-             "L0 duplicate-token": f"{r['l0_duplicate']:.2f}" if r.get("l0_duplicate") is not None
-             else "-"} for r in results["runs"]]
-    return "\n\n".join([render_survival(results), markdown_rows(rows, FOOTNOTE6_COLUMNS),
+             "L0 previous-token": _score(r.get("l0_prev_token")),
+             "L0 duplicate-token": _score(r.get("l0_duplicate")),
+             "position in L0's output (R²)": _score(r.get("l0_position_r2")),
+             "L0 attention to BOS": _score(r.get("l0_bos_attention"))} for r in results["runs"]]
+    legend = ("Layer 0's last scores: the strongest previous-token and duplicate-token head; "
+              "how much of the position index a linear readout recovers from layer 0's output "
+              "(R² on held-out sequences: with shortformer no position enters the residual "
+              "stream, so whatever is there layer 0's attention wrote), and the strongest "
+              "head's mean attention to BOS (`tinyinduct.analysis.position`; 256 fresh "
+              "sequences).")
+    control = (results.get("control") or {}).get("runs")
+    if control:
+        r2 = [r["l0_position_r2"] for r in control]
+        bos = [r["l0_bos_attention"] for r in control]
+        legend += (f" For comparison, the same measures on the sweep's "
+                   f"`{results['control']['condition']}` runs (K-composition only, "
+                   f"{len(control)} seeds): position R² {min(r2):.2f} to {max(r2):.2f}, "
+                   f"attention to BOS {min(bos):.2f} to {max(bos):.2f}.")
+    return "\n\n".join([render_survival(results), legend,
+                         markdown_rows(rows, FOOTNOTE6_COLUMNS),
                         "![Best layer-1 induction score and second-copy loss of each seed]"
                         "(footnote6.png)"])
 
