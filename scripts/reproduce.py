@@ -257,10 +257,12 @@ def position_sources(run_dir: Path) -> dict:
         run = load_run(run_dir)
     except (FileNotFoundError, RunFileError) as err:  # named in the table as "-"
         print(f"  no layer-0 position measure for {run_dir}: {err}", flush=True)
-        return {"l0_position_r2": None, "l0_bos_attention": None}
+        return {"l0_position_r2": None, "l0_earlier_r2": None, "l0_earlier_r2_own": None,
+                "l0_bos_attention": None}
     data = RepeatedSegmentData(run.config.data, seed=POSITION_DATA_SEED)
-    found = layer0_position(run.model, data.sample(256).tokens)
-    return {"l0_position_r2": found["position_r2"],
+    found = layer0_position(run.model, data.sample(256))
+    return {"l0_position_r2": found["position_r2"], "l0_earlier_r2": found["earlier_r2"],
+            "l0_earlier_r2_own": found["earlier_r2_from_own_position"],
             "l0_bos_attention": max(found["bos_attention"].values())}
 
 

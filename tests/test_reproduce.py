@@ -136,21 +136,23 @@ def test_the_front_pages_answer_is_the_sweep_and_footnote_6():
     assert "`python scripts/reproduce.py --only composition_sweep --only footnote6`" in text
     # the footnote's own table: layer 0's measures per seed, and the comparison line
     footnote["runs"][0].update(l0_prev_token=0.05, l0_duplicate=0.3, l0_position_r2=0.5,
-                               l0_bos_attention=0.8)
-    footnote["control"] = {"condition": "positional=shortformer, blocked=Q",
-                           "runs": [{"l0_position_r2": 0.19, "l0_bos_attention": 0.77},
-                                    {"l0_position_r2": 0.31, "l0_bos_attention": 0.76}]}
+                               l0_earlier_r2=0.9, l0_earlier_r2_own=0.6, l0_bos_attention=0.8)
+    footnote["control"] = {"condition": "positional=shortformer, blocked=Q", "runs": [
+        {"l0_position_r2": 0.19, "l0_earlier_r2": 0.62, "l0_bos_attention": 0.77},
+        {"l0_position_r2": 0.31, "l0_earlier_r2": 0.65, "l0_bos_attention": 0.76}]}
     table = render("footnote6", footnote)
-    assert "| 0 | L1H0 | 0.05 | 1.00 | - | - | 0.05 | 0.30 | 0.50 | 0.80 |" in table
-    assert "| 1 | L1H0 | 0.05 | 1.00 | - | - | - | - | - | - |" in table
+    assert "| 0 | L1H0 | 0.05 | 1.00 | - | - | 0.05 | 0.30 | 0.50 | 0.90 (0.60) | 0.80 |" in table
+    assert "| 1 | L1H0 | 0.05 | 1.00 | - | - | - | - | - | - | - |" in table
     assert ("the same measures on the sweep's `positional=shortformer, blocked=Q` runs "
-            "(K-composition only, 2 seeds): position R² 0.19 to 0.31, attention to BOS 0.76 to "
-            "0.77.") in table
+            "(K-composition only, 2 seeds): position R² 0.19 to 0.31, earlier occurrence's "
+            "position R² 0.62 to 0.65, attention to BOS 0.76 to 0.77.") in table
     # a seed that forms is named with its head and mechanism
     footnote["runs"][3].update(phase_change_step=9000, mechanism="Q", head="L1H2")
-    footnote["conditions"][0]["formed"] = 1
-    assert "1 of 8 seeds formed an induction head within 12,000 steps (seed 3: L1H2, " \
-        "Q-composition)." in render("answer", {"composition_sweep": sweep, "footnote6": footnote})
+    footnote["conditions"][0].update(formed=1, median=None)
+    assert "1 of 8 seeds formed an induction head within 12,000 steps, all by Q-composition; " \
+        "how layer 0 rebuilds position is in [footnote 6](docs/sweep.md#footnote-6-" \
+        "shortformer-with-keys-blocked)." in render("answer", {"composition_sweep": sweep,
+                                                             "footnote6": footnote})
 
 
 @pytest.mark.slow
@@ -185,6 +187,7 @@ def test_quick_mode_runs_every_part_into_a_temp_folder(tmp_path):
     assert footnote["conditions"][0]["n"] == sweep["conditions"][0]["n"]
     # layer 0's position measures on every seed, and on the sweep's queries-blocked seeds
     assert all(-1 < r["l0_position_r2"] <= 1 and 0 <= r["l0_bos_attention"] <= 1
+               and r["l0_earlier_r2"] >= r["l0_earlier_r2_own"] - 0.05
                for r in footnote["runs"])
     assert footnote["control"]["condition"] == "positional=shortformer, blocked=Q"
     assert len(footnote["control"]["runs"]) == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -133,7 +134,8 @@ def render_composition_sweep(results: dict) -> str:
 
 FOOTNOTE6_COLUMNS = ("seed", "best layer-1 head", "score", "loss ratio", "crossed at step",
                      "mechanism", "L0 previous-token", "L0 duplicate-token",
-                     "position in L0's output (R²)", "L0 attention to BOS")
+                     "position in L0's output (R²)", "earlier occurrence's position (R²)",
+                     "L0 attention to BOS")
 
 
 def _score(value) -> str:
@@ -148,21 +150,29 @@ def render_footnote6(results: dict) -> str:
              "L0 previous-token": _score(r.get("l0_prev_token")),
              "L0 duplicate-token": _score(r.get("l0_duplicate")),
              "position in L0's output (R²)": _score(r.get("l0_position_r2")),
+             "earlier occurrence's position (R²)": "-" if r.get("l0_earlier_r2") is None
+             else f"{r['l0_earlier_r2']:.2f} ({r['l0_earlier_r2_own']:.2f})",
              "L0 attention to BOS": _score(r.get("l0_bos_attention"))} for r in results["runs"]]
     legend = ("Layer 0's last scores: the strongest previous-token and duplicate-token head; "
               "how much of the position index a linear readout recovers from layer 0's output "
               "(R² on held-out sequences: with shortformer no position enters the residual "
-              "stream, so whatever is there layer 0's attention wrote), and the strongest "
-              "head's mean attention to BOS (`tinyinduct.analysis.position`; 256 fresh "
-              "sequences).")
+              "stream, so whatever is there layer 0's attention wrote); at the second copy's "
+              "positions, how much of the position of the token's earlier occurrence (what a "
+              "Q-composition query needs: its key sits one further) a linear readout recovers "
+              "from layer 0's output and the query's own position, with the own position alone "
+              "in brackets; and the strongest head's mean attention to BOS "
+              "(`tinyinduct.analysis.position`; 256 fresh sequences).")
     control = (results.get("control") or {}).get("runs")
     if control:
         r2 = [r["l0_position_r2"] for r in control]
         bos = [r["l0_bos_attention"] for r in control]
+        earlier = [r.get("l0_earlier_r2") for r in control]
+        earlier_text = "" if None in earlier else (
+            f", earlier occurrence's position R² {min(earlier):.2f} to {max(earlier):.2f}")
         legend += (f" For comparison, the same measures on the sweep's "
                    f"`{results['control']['condition']}` runs (K-composition only, "
-                   f"{len(control)} seeds): position R² {min(r2):.2f} to {max(r2):.2f}, "
-                   f"attention to BOS {min(bos):.2f} to {max(bos):.2f}.")
+                   f"{len(control)} seeds): position R² {min(r2):.2f} to {max(r2):.2f}"
+                   f"{earlier_text}, attention to BOS {min(bos):.2f} to {max(bos):.2f}.")
     return "\n\n".join([render_survival(results), legend,
                          markdown_rows(rows, FOOTNOTE6_COLUMNS),
                         "![Best layer-1 induction score and second-copy loss of each seed]"
@@ -191,10 +201,16 @@ def render_answer(results: dict) -> str:
     lines = [f"{line}." for line in logrank_lines(sweep)]
     fn = footnote["conditions"][0] if footnote.get("conditions") else None
     if fn is not None:
-        formed = [r for r in footnote["runs"] if r.get("phase_change_step") is not None
-                  and r.get("mechanism")]
-        how = (" (" + ", ".join(f"seed {r['seed']}: {r['head']}, {r['mechanism']}-composition"
-                                for r in formed) + ")") if formed else ""
+        formed = [r for r in footnote["runs"] if r.get("phase_change_step") is not None]
+        counts = Counter(r.get("mechanism") or "none" for r in formed)
+        how = ""
+        if formed:
+            how = (f", all by {next(iter(counts))}-composition" if len(counts) == 1 else
+                   ", by " + ", ".join(f"{m}-composition {n}" for m, n in sorted(counts.items())))
+            if fn.get("median") is not None:
+                how += f" (median formation step {fn['median']:,.0f})"
+            how += ("; how layer 0 rebuilds position is in [footnote 6]"
+                    "(docs/sweep.md#footnote-6-shortformer-with-keys-blocked)")
         lines.append(f"Footnote 6 (shortformer, layer-1 keys blocked from layer 0, so only "
                      f"Q-composition is possible): {fn['formed']} of {fn['formed_of']} seeds "
                      f"formed an induction head within {', '.join(f'{b:,}' for b in fn['budgets'])}"
