@@ -431,7 +431,8 @@ def test_readme_sweep_resume_and_compare_commands_run(tmp_path):
     for i, command in enumerate(sweeps):
         _, pairs, other = overrides_of(command)
         sweep_dir = tmp_path / f"sweep{i}"
-        pairs.update({**tiny, **NARROW, "hydra.sweep.dir": str(sweep_dir)})
+        where = "hydra.sweep.dir" if "-m" in other else "hydra.run.dir"  # a single experiment run
+        pairs.update({**tiny, **NARROW, where: str(sweep_dir)})
         run_ok(train_argv(pairs, other), tmp_path)
         assert list(sweep_dir.rglob("summary.json")), command
         made.append(sweep_dir)
