@@ -8,20 +8,32 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, List, Tuple
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """`write(f)` into a temp file beside `path`, then `os.replace` it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return write_all_atomic([(path, write)])[0]
+
+
+def write_all_atomic(items: List[Tuple[str | Path, Callable[[BinaryIO], None]]]) -> List[Path]:
+    """Every `(path, write)` into its temp file first, then all renamed in a row: files that
+    belong together (the checkpoints of a stack's seeds) are replaced together, not one slow
+    write apart."""
+    paths, temps = [Path(p) for p, _ in items], []
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
+        for path, (_, write) in zip(paths, items):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        path = paths[len(temps) - 1] if temps else paths[0]
         if isinstance(err, (OSError, RuntimeError)):  # torch's writer raises RuntimeError
             first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             if "unexpected pos" in first or "write failed" in first:  # torch's own writer
@@ -29,7 +41,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             reason = getattr(err, "strerror", None) or first
             raise OSError(getattr(err, "errno", None) or errno.EIO, reason, str(path)) from err
         raise
-    return path
+    return paths
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -19,12 +19,13 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List
+from typing import Any, Callable, ContextManager, Dict, List, Tuple
 
 import torch
 import yaml
 from tqdm.auto import tqdm
 
+from .atomic import write_all_atomic
 from .config import ConfigError, RunConfig, to_dict, validate_run_config, warn_once
 from .data import RepeatedSegmentData
 from .evaluate import eval_batches, evaluate, partner_summary, picture_index, write_pictures
@@ -44,7 +45,6 @@ from .runs import (
     LAST_CHECKPOINT,
     RunFileError,
     read_summary,
-    save_checkpoint,
 )
 from .snapshots import SnapshotSchedule, drop_snapshots_after, save_snapshot
 from .stack import (
@@ -272,14 +272,27 @@ class Loop:
 
     def checkpoint(self, k: int, s: SeedRun, step: int) -> str | None:
         """Save seed k's state after `step`, unless it went non-finite: then say why."""
-        model = self.stacked.copy_to(k, s.model)
-        problem = self.guard.problem(k, model, step)  # one host sync per checkpoint
-        if problem is None:
-            s.saved_step = step
-            save_checkpoint(s.dir / CHECKPOINT_DIR / LAST_CHECKPOINT, training_state(
-                s.cfg, model, _Saved(seed_optimizer_state(self.optimizer, k)), self.scheduler,
-                s.data, step, self.loss_sum[k], self.steps_since_eval, s.tracker.wandb_id))
-        return problem
+        return self.checkpoint_seeds([(k, s)], step)[0]
+
+    def checkpoint_seeds(self, seeds: List[Tuple[int, SeedRun]], step: int) -> List[str | None]:
+        """Save the state of every seed given after `step` (those that went non-finite say why
+        instead); the files are replaced together, so a kill leaves the stack at one step."""
+        problems, files = [], []
+        for k, s in seeds:
+            model = self.stacked.copy_to(k, s.model)
+            problem = self.guard.problem(k, model, step)  # one host sync per checkpoint
+            problems.append(problem)
+            if problem is None:
+                s.saved_step = step
+                state = training_state(
+                    s.cfg, model, _Saved(seed_optimizer_state(self.optimizer, k)),
+                    self.scheduler, s.data, step, self.loss_sum[k], self.steps_since_eval,
+                    s.tracker.wandb_id)
+                files.append((s.dir / CHECKPOINT_DIR / LAST_CHECKPOINT,
+                              lambda f, state=state: torch.save(state, f)))
+        if files:
+            write_all_atomic(files)
+        return problems
 
     def check_formed(self, s: SeedRun, step: int) -> None:
         """Stop a seed `train.stop_after_formed` steps after it first met the criteria."""
@@ -396,9 +409,9 @@ class Loop:
                 if step % t.eval_every == 0 or step == t.steps:
                     self.evaluate_all(step, bar)
                 if step % t.checkpoint_every == 0 and step != t.steps:
-                    for k, s in enumerate(self.seeds):
-                        if not s.done:
-                            s.error = self.checkpoint(k, s, step)
+                    live = [(k, s) for k, s in enumerate(self.seeds) if not s.done]
+                    for (_, s), problem in zip(live, self.checkpoint_seeds(live, step)):
+                        s.error = problem
                 ended = [(k, s) for k, s in enumerate(self.seeds) if s.done and not s.summary]
                 seconds = time.perf_counter() - train_start
                 for k, s in ended:
