@@ -25,7 +25,6 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .atomic import write_all_atomic
 from .config import ConfigError, RunConfig, to_dict, validate_run_config, warn_once
 from .data import RepeatedSegmentData
 from .evaluate import eval_batches, evaluate, partner_summary, picture_index, write_pictures
@@ -45,6 +44,7 @@ from .runs import (
     LAST_CHECKPOINT,
     RunFileError,
     read_summary,
+    save_checkpoints,
 )
 from .snapshots import SnapshotSchedule, drop_snapshots_after, save_snapshot
 from .stack import (
@@ -277,21 +277,18 @@ class Loop:
     def checkpoint_seeds(self, seeds: List[Tuple[int, SeedRun]], step: int) -> List[str | None]:
         """Save the state of every seed given after `step` (those that went non-finite say why
         instead); the files are replaced together, so a kill leaves the stack at one step."""
-        problems, files = [], []
+        problems, states = [], []
         for k, s in seeds:
             model = self.stacked.copy_to(k, s.model)
             problem = self.guard.problem(k, model, step)  # one host sync per checkpoint
             problems.append(problem)
             if problem is None:
                 s.saved_step = step
-                state = training_state(
+                states.append((s.dir / CHECKPOINT_DIR / LAST_CHECKPOINT, training_state(
                     s.cfg, model, _Saved(seed_optimizer_state(self.optimizer, k)),
                     self.scheduler, s.data, step, self.loss_sum[k], self.steps_since_eval,
-                    s.tracker.wandb_id)
-                files.append((s.dir / CHECKPOINT_DIR / LAST_CHECKPOINT,
-                              lambda f, state=state: torch.save(state, f)))
-        if files:
-            write_all_atomic(files)
+                    s.tracker.wandb_id)))
+        save_checkpoints(states)
         return problems
 
     def check_formed(self, s: SeedRun, step: int) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from .atomic import write_atomic
+from .atomic import write_all_atomic
 from .config import ConfigError, RunConfig, run_config_from_dict, to_dict
 from .model import AttnOnlyTransformer
 from .snapshots import load_snapshot, snapshot_steps
@@ -22,7 +22,14 @@ LAST_CHECKPOINT = "last.pt"
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """`torch.save` to a temp file, then rename: a reader never sees a half-written file."""
-    write_atomic(path, lambda f: torch.save(state, f))
+    save_checkpoints([(path, state)])
+
+
+def save_checkpoints(items: List[Tuple[Path, Dict[str, Any]]]) -> None:
+    """`save_checkpoint` for files that belong together (a stack's seeds): every temp file is
+    written first, then all are renamed in a row, so a kill leaves them at one step."""
+    write_all_atomic([(path, lambda f, state=state: torch.save(state, f))
+                      for path, state in items])
 
 
 def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
