@@ -7,14 +7,16 @@
 
 Measures, in one process, interleaving the variants and taking medians over repeats:
 1. the training step (forward, backward, AdamW; data pre-generated) of tinyinduct's model (fused
-   SDPA path, and the explicit path that records every hook) and of TransformerLens'
+   attention path, and the explicit path that records every hook) and of TransformerLens'
    `HookedTransformer` with the identical config, as tokens/s, the ratio to TransformerLens, model
    FLOPs per token (formula below, checked against torch's FLOP counter) and achieved GFLOP/s as
    a fraction of a matmul peak measured in the same run;
 2. many seeds at once: a step of K stacked models (`train.n_seeds=K`, data generation included)
    against K sequential single-model steps, as aggregate tokens/s, at the default batch and at
    a quarter of it;
-3. time to induction of the default config (a real default run through `tinyinduct.train`) and
+3. the two attention kernels `causal_attention` chooses between (flash and batched matmuls),
+   forward + backward of one layer at each config's shape, and which one it chooses there;
+4. time to induction of the default config (a real default run through `tinyinduct.train`) and
    the share of its wall time spent in evaluation.
 
 FLOPs per token, forward (multiply-add = 2 FLOPs; causal attention counts the (n_ctx + 1) / 2
@@ -40,7 +42,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import torch
+import torch.nn.functional as F
 
+from tinyinduct.causal_attention import SmallContextAttention, kernel_for
 from tinyinduct.config import DataConfig, LoggerConfig, ModelConfig, RunConfig, TrainConfig
 from tinyinduct.data import RepeatedSegmentData
 from tinyinduct.loop import build_model, make_optimizer, resolve_device
@@ -58,7 +62,7 @@ CONFIGS = {
     "d128-ctx128": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=128, d_vocab=512), 32),
     "d128-ctx256": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=256, d_vocab=512), 16),
 }
-PARTS = ("models", "profile", "seeds", "induction")
+PARTS = ("models", "profile", "attention", "seeds", "induction")
 QUICK_CONFIGS = {"tiny": (dict(d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=64), 8)}
 
 
@@ -293,6 +297,34 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
     return results
 
 
+def attention_steps(batch: int, h: int, p: int, e: int,
+                    device: torch.device) -> Dict[str, Callable[[], None]]:
+    """Forward + backward of one attention layer (`batch x h` sequences of `p` positions, head
+    size `e`) by each kernel `causal_attention` can choose."""
+    q, k, v = (torch.randn(batch, h, p, e, device=device, requires_grad=True) for _ in range(3))
+    grad_z, scale = torch.randn(batch, h, p, e, device=device), e ** -0.5
+    flat = [t.view(-1, p, e) for t in (q, k, v, grad_z)]  # views: gradients reach q, k, v
+    return {"flash": lambda: F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale).backward(grad_z),
+            "matmuls": lambda: SmallContextAttention.apply(*flat[:3], scale).backward(flat[3])}
+
+
+def bench_attention(configs, device, threads, timer, repeats) -> List[Dict[str, Any]]:
+    """The two attention kernels at each config's shape, and the one `causal_attention` runs."""
+    rows = []
+    for name, (fields, batch) in configs.items():
+        h, p, e = fields["n_heads"], fields["n_ctx"], fields["d_head"]
+        seconds = interleaved_medians(timer, attention_steps(batch, h, p, e, device), repeats)
+        chosen = kernel_for(p, device)
+        rows.append({"config": name, "threads": threads, "shape": [batch, h, p, e],
+                     "flash_ms": 1e3 * seconds["flash"], "matmuls_ms": 1e3 * seconds["matmuls"],
+                     "chosen": chosen})
+        print(f"[{threads} thr] {name} attention, forward + backward: flash "
+              f"{1e3 * seconds['flash']:.2f} ms, matmuls {1e3 * seconds['matmuls']:.2f} ms; "
+              f"{chosen} chosen", flush=True)
+    return rows
+
+
 def bench_many_seeds(fields, batch, device, threads, timer, repeats, ks) -> List[Dict[str, Any]]:
     """A stacked step of K models (data included) against one single-model step."""
     cfg = run_config(fields, batch, str(device))
@@ -383,10 +415,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed blocks per variant")
     parser.add_argument("--seeds", default="1,4,8,16", help="K values for many seeds at once")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
-    parser.add_argument("--parts", default="models,profile,seeds,induction",
+    parser.add_argument("--parts", default=",".join(PARTS),
                         help="what to measure, comma-separated: models (vs TransformerLens), "
-                             "profile (where tinyinduct's step goes, CPU), seeds (many seeds at "
-                             "once), induction (a default run, ~1 min)")
+                             "profile (where tinyinduct's step goes, CPU), attention (the two "
+                             "attention kernels), seeds (many seeds at once), induction (a "
+                             "default run, ~1 min)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     try:
@@ -412,7 +445,8 @@ def main() -> None:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "device": str(device), "machine": machine(), "quick": args.quick,
         "load_average_before": load_average(), "flops_formula": FLOPS_FORMULA,
-        "matmul_peak_gflops": {}, "models": [], "profile": [], "many_seeds": [],
+        "matmul_peak_gflops": {}, "models": [], "profile": [], "attention": [],
+        "many_seeds": [],
     }
 
     def save(final: bool = False) -> None:  # after every part: a run cut short keeps its results
@@ -439,6 +473,9 @@ def main() -> None:
         elif "profile" in parts and n == threads[0]:
             print("profile: CPU only (the profiler's CPU ranges do not time a GPU's kernels); "
                   "skipped", flush=True)
+        if "attention" in parts:
+            result["attention"] += bench_attention(configs, device, n, timer, repeats)
+            save()
         # many seeds pay most where one model's batch is too small to fill the machine
         for batch in ([default_batch] if args.quick else [default_batch, default_batch // 4]):
             if "seeds" in parts:

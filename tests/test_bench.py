@@ -61,6 +61,10 @@ def test_quick_benchmark_writes_its_json(tmp_path):
     done = sum(r["gflops"] * r["ms"] / 1e3 for r in parts.values() if r["gflops"])
     assert done * 1e9 == pytest.approx(model["flops_per_token"] * model["tokens_per_step"])
 
+    (attention,) = result["attention"]  # both kernels at the tiny config's shape
+    assert attention["shape"] == [8, 2, 32, 8] and attention["chosen"] == "matmuls"
+    assert attention["flash_ms"] > 0 and attention["matmuls_ms"] > 0
+
     assert [r["n_seeds"] for r in result["many_seeds"]] == [1, 2]
     for row in result["many_seeds"]:
         assert row["aggregate_tokens_per_second"] > 0 and row["speedup_vs_sequential"] > 0

@@ -64,3 +64,18 @@ def test_gradcheck():
     targets = torch.tensor([[0, 1, 2, 3, IGNORE], [3, IGNORE, 1, 0, 2]])
     assert torch.autograd.gradcheck(
         lambda r, w, b: unembed_mean_cross_entropy(r, w, b, targets), (resid, W_U, b_U))
+
+
+def test_a_confident_wrong_model_gets_its_full_loss():
+    """Logit gaps far beyond float32's exponent range: the loss is the gap (the target's
+    probability underflows to 0, its log-sum-exp does not), and the gradient is finite."""
+    resid = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], requires_grad=True)
+    W_U = torch.tensor([[[500.0, 0.0, 0.0], [0.0, 0.0, 300.0]]], requires_grad=True)
+    b_U = torch.zeros(1, 3, requires_grad=True)
+    targets = torch.tensor([[1, 0]])  # logits [500, 0, 0] and [0, 0, 300]
+    loss = unembed_mean_cross_entropy(resid, W_U, b_U, targets)
+    torch.testing.assert_close(loss, torch.tensor([(500.0 + 300.0) / 2]))
+    loss.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (resid, W_U, b_U))
+    plain = F.cross_entropy(resid[0] @ W_U[0] + b_U[0], targets[0])
+    torch.testing.assert_close(loss[0], plain)

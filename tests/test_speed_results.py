@@ -26,6 +26,8 @@ def bench_json() -> dict:
             "embedding": part(0.01), "projections": part(0.3, 88.0, 0.5, 0.75),
             "attention": part(0.28, 17.6, 0.1, 0.2), "unembed_loss": part(0.31, 88.0, 0.5, 0.9),
             "optimizer": part(0.04), "other": part(0.06)}}],
+        "attention": [{"config": "default", "threads": 2, "shape": [32, 4, 64, 16],
+                       "flash_ms": 5.634, "matmuls_ms": 3.481, "chosen": "matmuls"}],
         "many_seeds": [{"threads": 1, "batch_size": 8, "n_seeds": k, "speedup_vs_sequential": x}
                        for k, x in ((1, 0.97), (8, 1.12))],
         "time_to_induction": {"threads": 2, "phase_change_step": 1050,
@@ -49,6 +51,7 @@ def test_speed_tables_show_the_benchmarks_numbers():
             "28%: 18 GFLOP/s, 10% of peak, 20% of its shape's | 31%: 88 GFLOP/s, 50% of peak, "
             "90% of its shape's | 4% | 6% |") in text
     assert "| 1 | 8 | 0.97x | 1.12x |" in text
+    assert "| default | 2 | 128 x 64 x 16 | 5.63 ms | 3.48 ms | matmuls |" in text
     assert ("crossed 0.7 at step 1,050 (2.15 M tokens, 12.5 s of training) and ended at 0.85; "
             "evaluation every 50 steps took 5.6% of the run's wall time (171,553 training "
             "tokens/s).") in text
@@ -56,8 +59,9 @@ def test_speed_tables_show_the_benchmarks_numbers():
 
 def test_parts_not_measured_leave_their_tables_out():
     bench = bench_json()
-    bench.update(models=[], many_seeds=[], time_to_induction=None)
+    bench.update(models=[], many_seeds=[], attention=[], time_to_induction=None)
     text = render("speed", {"command": "python scripts/reproduce.py --only speed",
                             "bench": bench})
     assert "Training step" not in text and "Many seeds" not in text
+    assert "Attention, forward + backward" not in text
     assert "Where tinyinduct's step goes" in text

@@ -1,7 +1,7 @@
 """Unembedding and mean cross-entropy in one pass over row chunks, never materialising the logits.
 
 The logits `[rows, d_vocab]` are the largest tensor of a training step; on a CPU the passes over
-them (bias add, log-softmax, its gradient, the zero-filled gradient of the loss) cost more than
+them (bias add, softmax, its gradient, the zero-filled gradient of the loss) cost more than
 the matmuls themselves once they fall out of cache, and K stacked models make them K times larger.
 A training step wants only each model's mean loss, whose gradient is a scalar (the upstream
 gradient) times a fixed tensor: so each chunk of rows is unembedded, reduced to its loss, turned
@@ -30,7 +30,8 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
     def forward(ctx, resid, W_U, b_U, targets, with_grad):  # [G, N, d], [G, d, V], [G, V], [G, N]
         keep = targets != IGNORE
         safe = targets.clamp(min=0)
-        weight = keep / keep.sum(1, keepdim=True).clamp(min=1)  # [G, N]: 1 / rows, 0 if ignored
+        # [G, N]: 1 / rows, 0 if ignored
+        weight = (keep / keep.sum(1, keepdim=True).clamp(min=1)).to(resid.dtype)
         loss = resid.new_zeros(targets.shape[0])
         if with_grad:
             grad_resid = torch.empty_like(resid)
@@ -38,19 +39,21 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
             grad_b = torch.zeros_like(b_U)
         for c in _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2], resid.device):
             logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)  # [G, rows, V]
-            lse = logits.logsumexp(-1, keepdim=True)
-            picked = logits.gather(-1, safe[:, c, None])
-            w = weight[:, c, None]
-            loss += ((lse - picked) * w).sum((1, 2))
+            target, w = safe[:, c, None], weight[:, c, None]
+            picked, top = logits.gather(-1, target), logits.amax(-1, keepdim=True)
+            # one softmax pass (one exp per logit, the costly part on a CPU) gives both the
+            # gradient and the log-sum-exp: the largest logit's probability is
+            # 1 / sum(exp(logits - top)), at least 1 / V, so its log never underflows
+            g = torch.softmax(logits, -1)
+            loss += ((top - g.amax(-1, keepdim=True).log() - picked) * w).sum((1, 2))
             if not with_grad:
                 continue
-            # d mean loss / d logits = (softmax - onehot(target)) / rows, in place in the chunk
-            g = logits.sub_(lse).exp_()
-            g.scatter_add_(-1, safe[:, c, None], torch.full_like(picked, -1.0))
-            g.mul_(w)
-            grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2))
-            grad_W.baddbmm_(resid[:, c].transpose(1, 2), g)
-            grad_b += g.sum(1)
+            # d mean loss / d logits = (softmax - onehot(target)) * w, w = 1 / rows (0 where
+            # ignored): w scales the matmuls' narrow operands, not the chunk
+            g.scatter_add_(-1, target, torch.full_like(picked, -1.0))
+            grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2)).mul_(w)
+            grad_W.baddbmm_((resid[:, c] * w).transpose(1, 2), g)
+            grad_b.unsqueeze(1).baddbmm_(w.transpose(1, 2), g)
         if with_grad:
             ctx.save_for_backward(grad_resid, grad_W, grad_b)
         return loss

@@ -10,7 +10,7 @@ Positional modes:
   positional information.
 
 Two paths compute the same function. With no hook set anywhere, `model(tokens)` runs the lean
-path: fused `scaled_dot_product_attention`, no pattern materialised, no hook point called. As soon
+path: fused attention (`causal_attention`), no pattern materialised, no hook point called. As soon
 as one hook is set (`run_with_hooks`, `run_with_cache`, `hooks(...)`, `add_hook`), every hook point
 is called with TransformerLens 3.x's names and semantics (`hooks.py`), and a layer computes its
 attention explicitly (q, k, v, scores, pattern, z) only if a hook sits inside it; other layers stay
@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from typing import Callable, Dict, Iterable, Iterator, Tuple
 
 import torch
-import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
+from .causal_attention import causal_attention
 from .config import ModelConfig
 from .hooks import (
     ActivationCache,
@@ -118,10 +118,10 @@ def fused_attention(
     biases: Tuple[torch.Tensor, ...] | None,  # b_Q, b_K, b_V [..., h, e], b_O [..., d]; None: 0
     scale: float,
 ) -> torch.Tensor:  # [..., b, p, d]
-    """Causal attention through `scaled_dot_product_attention`, heads-first layout. The leading
-    `...` is empty for one model and the model axis for stacked models. Inputs that are one
-    tensor share one matmul (their weights concatenated along the head axis); zero biases are
-    skipped rather than added."""
+    """Causal attention, heads-first layout, by the faster kernel for its shape
+    (`causal_attention`). The leading `...` is empty for one model and the model axis for stacked
+    models. Inputs that are one tensor share one matmul (their weights concatenated along the head
+    axis); zero biases are skipped rather than added."""
     n_heads = weights[0].shape[-3]
     qkv: list = [None, None, None]
     with part("projections"):
@@ -136,10 +136,9 @@ def fused_attention(
             for j, y_part in zip(same, y.split(n_heads, dim=-3)):
                 qkv[j] = y_part
     q, k, v = qkv
-    lead = q.shape[:-3]  # SDPA wants one batch axis: fold the model axis into it
+    lead = q.shape[:-3]  # one batch axis for the kernel: fold the model axis into it
     with part("attention"):
-        z = F.scaled_dot_product_attention(*(t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)),
-                                           is_causal=True, scale=scale)
+        z = causal_attention(*(t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)), scale)
     with part("projections"):
         out = torch.einsum("...bhpe,...hed->...bpd", z.view(*lead, *z.shape[-3:]), weights[3])
         return out if biases is None else out + biases[3][..., None, None, :]

@@ -76,6 +76,18 @@ def profile_table(bench: dict) -> str:
     return markdown_rows(rows, columns)
 
 
+def attention_table(bench: dict) -> str:
+    columns = ("config", "threads", "sequences x positions x head size", "flash kernel",
+               "batched matmuls", "chosen")
+    rows = [{"config": r["config"], "threads": str(r["threads"]),
+             "sequences x positions x head size":
+                 f"{r['shape'][0] * r['shape'][1]} x {r['shape'][2]} x {r['shape'][3]}",
+             "flash kernel": f"{r['flash_ms']:.2f} ms",
+             "batched matmuls": f"{r['matmuls_ms']:.2f} ms",
+             "chosen": r["chosen"]} for r in bench["attention"]]
+    return markdown_rows(rows, columns)
+
+
 def seeds_table(bench: dict) -> str:
     ks = sorted({r["n_seeds"] for r in bench["many_seeds"]})
     columns = ("threads", "batch", *(f"K = {k}" for k in ks))
@@ -101,6 +113,10 @@ def render_speed(results: dict) -> str:
                   "step, and for the parts made of matmuls their GFLOP/s, as a share of the "
                   "matmul peak and of one plain matmul of the part's own shape:",
                   profile_table(bench)]
+    if bench.get("attention"):
+        parts += ["Attention, forward + backward of one layer at each config's shape, by the two "
+                  "kernels `causal_attention` chooses between, and the one it runs there:",
+                  attention_table(bench)]
     if bench.get("many_seeds"):
         parts += ["Many seeds at once: aggregate tokens/s of K stacked seeds over K sequential "
                   "runs (default model; K = 1 is the stacked code against the plain step):",
