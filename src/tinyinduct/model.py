@@ -35,6 +35,7 @@ from torch import nn
 
 from .causal_attention import causal_attention
 from .config import ModelConfig
+from .head_projections import project_heads, project_out
 from .hooks import (
     ActivationCache,
     FwdHooks,
@@ -118,10 +119,12 @@ def fused_attention(
     biases: Tuple[torch.Tensor, ...] | None,  # b_Q, b_K, b_V [..., h, e], b_O [..., d]; None: 0
     scale: float,
 ) -> torch.Tensor:  # [..., b, p, d]
-    """Causal attention, heads-first layout, by the faster kernel for its shape
-    (`causal_attention`). The leading `...` is empty for one model and the model axis for stacked
-    models. Inputs that are one tensor share one matmul (their weights concatenated along the head
-    axis); zero biases are skipped rather than added."""
+    """Causal attention by the faster kernel for its shape (`causal_attention`), between the
+    projections of `head_projections`. The leading `...` is empty for one model and the model
+    axis for stacked models. Inputs that are one tensor share one matmul; zero biases are
+    skipped rather than added."""
+    single = inputs[0].dim() == 3  # one model: a model axis of 1 (views)
+    lead = (lambda t: t[None]) if single else (lambda t: t)
     n_heads = weights[0].shape[-3]
     qkv: list = [None, None, None]
     with part("projections"):
@@ -129,19 +132,20 @@ def fused_attention(
             if qkv[i] is not None:
                 continue
             same = [j for j in range(i, 3) if inputs[j] is x]
-            W = torch.cat([weights[j] for j in same], dim=-3) if len(same) > 1 else weights[i]
-            y = torch.einsum("...bpd,...hde->...bhpe", x, W)
-            if biases is not None:
-                y = y + torch.cat([biases[j] for j in same], dim=-2)[..., None, :, None, :]
-            for j, y_part in zip(same, y.split(n_heads, dim=-3)):
-                qkv[j] = y_part
-    q, k, v = qkv
-    lead = q.shape[:-3]  # one batch axis for the kernel: fold the model axis into it
+            heads = project_heads(lead(x), tuple(lead(weights[j]) for j in same),
+                                  None if biases is None else
+                                  tuple(lead(biases[j]) for j in same))
+            for j, y in zip(same, heads):
+                qkv[j] = y  # [G * b * h, p, e]
+    q, k, v = (t.view(-1, n_heads, *t.shape[-2:]) for t in qkv)
     with part("attention"):
-        z = causal_attention(*(t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)), scale)
+        z = causal_attention(q, k, v, scale)  # [G * b, h, p, e]
     with part("projections"):
-        out = torch.einsum("...bhpe,...hed->...bpd", z.view(*lead, *z.shape[-3:]), weights[3])
-        return out if biases is None else out + biases[3][..., None, None, :]
+        x = inputs[0]
+        G = 1 if single else x.shape[0]
+        out = project_out(z.reshape(G, -1, *z.shape[1:]), lead(weights[3]),
+                          None if biases is None else lead(biases[3]))
+        return out[0] if single else out
 
 
 class Attention(nn.Module):

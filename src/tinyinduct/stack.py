@@ -4,7 +4,7 @@ plain case: every run trains through this module).
 Model k is exactly the run `seed + k` would train alone: the same init, data stream, optimizer,
 schedule and evaluation; only the arithmetic is batched. Parameters are stacked on a leading model
 axis (`W_Q: [K, h, d, e]`) under one model's names, so `make_optimizer` groups them unchanged and
-each seed's optimizer state is a slice. Matmuls become batched einsums, attention one kernel call
+each seed's optimizer state is a slice. Matmuls become batched matmuls, attention one kernel call
 over `K * batch` sequences, the loss a sum of per-model means (each model gets its own gradient;
 unembedding and loss fused in cache-sized chunks), gradient clipping is per model. For evaluation
 and checkpoints each seed's weights are copied into a plain `AttnOnlyTransformer`.

@@ -1,0 +1,94 @@
+"""The attention layer's projections as two autograd functions with hand-written backward passes.
+
+`project_heads` maps a residual input to the per-head queries, keys or values of every projection
+that reads it, and `project_out` maps the heads' outputs back to the residual stream. Each is one
+matmul on the flattened rows plus one copy into the layout the next step wants: the heads
+(`[G * batch * heads, pos, d_head]`, contiguous, what the attention kernels take) or the rows
+(`[G, batch * pos, d_model]`). The backward passes mirror them: one copy back to rows, two
+matmuls, and the bias gradient as a sum over contiguous rows. Through autograd, the einsums and
+the per-projection bias adds this replaces cost more in permutes, strided reductions and small
+operations than in their matmuls; the function is the same (tested against the einsums).
+
+`G` is the number of stacked models (1 for a plain model).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+class _ProjectHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, b, batch):  # x [G, M, d], W [G, n, h, d, e], b [G, n, h, e] | None
+        G, n, h, d, e = W.shape
+        pos = x.shape[1] // batch
+        W_flat = W.permute(0, 3, 1, 2, 4).reshape(G, d, n * h * e)
+        rows = torch.bmm(x, W_flat).view(G, batch, pos, n, h, e)
+        heads = rows.permute(3, 0, 1, 4, 2, 5)  # [n, G, batch, h, pos, e]
+        if b is None:
+            out = heads.contiguous()
+        else:  # the bias added in the copy: out= keeps the result contiguous
+            out = torch.add(heads, b.permute(1, 0, 2, 3)[:, :, None, :, None, :],
+                            out=torch.empty(heads.shape, dtype=x.dtype, device=x.device))
+        ctx.save_for_backward(x, W_flat)
+        ctx.shape, ctx.has_bias = (G, n, h, d, e, batch, pos), b is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # [n, G, batch, h, pos, e]
+        x, W_flat = ctx.saved_tensors
+        G, n, h, d, e, batch, pos = ctx.shape
+        grad_rows = grad_out.permute(1, 2, 4, 0, 3, 5).reshape(G, batch * pos, n * h * e)
+        grad_x = torch.bmm(grad_rows, W_flat.transpose(1, 2))
+        grad_W = torch.bmm(x.transpose(1, 2), grad_rows).view(G, d, n, h, e)
+        grad_b = grad_rows.sum(1).view(G, n, h, e) if ctx.has_bias else None
+        return grad_x, grad_W.permute(0, 2, 3, 1, 4), grad_b, None
+
+
+class _ProjectOut(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, W_O, b_O):  # z [G, batch, h, pos, e], W_O [G, h, e, d], b_O [G, d] | None
+        G, batch, h, pos, e = z.shape
+        z_rows = z.permute(0, 1, 3, 2, 4).reshape(G, batch * pos, h * e)
+        W_flat = W_O.reshape(G, h * e, -1)
+        out = torch.bmm(z_rows, W_flat)
+        if b_O is not None:
+            out.add_(b_O[:, None])
+        ctx.save_for_backward(z_rows, W_flat)
+        ctx.shape, ctx.has_bias = z.shape, b_O is not None
+        return out  # [G, batch * pos, d]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # [G, batch * pos, d]
+        z_rows, W_flat = ctx.saved_tensors
+        G, batch, h, pos, e = ctx.shape
+        grad_z = torch.bmm(grad_out, W_flat.transpose(1, 2)).view(G, batch, pos, h, e)
+        grad_W = torch.bmm(z_rows.transpose(1, 2), grad_out).view(G, h, e, -1)
+        grad_b = grad_out.sum(1) if ctx.has_bias else None
+        return grad_z.permute(0, 1, 3, 2, 4).contiguous(), grad_W, grad_b
+
+
+def project_heads(x: torch.Tensor,  # [G, batch, pos, d_model]
+                  weights: Tuple[torch.Tensor, ...],  # n x W [G, h, d_model, d_head]
+                  biases: Tuple[torch.Tensor, ...] | None,  # n x b [G, h, d_head], or None
+                  ) -> Tuple[torch.Tensor, ...]:  # n x [G * batch * h, pos, d_head]
+    """`x @ W[g, h] + b[g, h]` for each of the n projections that read `x`, in one matmul."""
+    G, batch, pos, _ = x.shape
+    W = torch.stack(weights, 1)
+    b = None if biases is None else torch.stack(biases, 1)
+    heads = _ProjectHeads.apply(x.reshape(G, batch * pos, -1), W, b, batch)
+    return tuple(t.view(-1, pos, t.shape[-1]) for t in heads.unbind(0))
+
+
+def project_out(z: torch.Tensor,  # [G, batch, h, pos, d_head]
+                W_O: torch.Tensor,  # [G, h, d_head, d_model]
+                b_O: torch.Tensor | None,  # [G, d_model], or None
+                ) -> torch.Tensor:  # [G, batch, pos, d_model]
+    """`sum_h z[g, :, h] @ W_O[g, h] + b_O[g]`, in one matmul."""
+    G, batch, _, pos, _ = z.shape
+    return _ProjectOut.apply(z, W_O, b_O).view(G, batch, pos, -1)
