@@ -315,7 +315,7 @@ def bench_attention(configs, device, threads, timer, repeats) -> List[Dict[str, 
     for name, (fields, batch) in configs.items():
         h, p, e = fields["n_heads"], fields["n_ctx"], fields["d_head"]
         seconds = interleaved_medians(timer, attention_steps(batch, h, p, e, device), repeats)
-        chosen = kernel_for(p, device)
+        chosen = kernel_for(batch * h, p, device)
         rows.append({"config": name, "threads": threads, "shape": [batch, h, p, e],
                      "flash_ms": 1e3 * seconds["flash"], "matmuls_ms": 1e3 * seconds["matmuls"],
                      "chosen": chosen})

@@ -26,6 +26,15 @@ TINY_OVERRIDES = [
 ]
 
 
+@pytest.fixture
+def two_threads():
+    """Two torch threads for one test (the attention kernel chosen on a CPU depends on them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _offline_wandb(tmp_path_factory, monkeypatch):
     """W&B never touches the network or the home directory in tests."""

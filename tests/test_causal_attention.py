@@ -1,5 +1,5 @@
 """Both attention kernels compute `scaled_dot_product_attention(..., is_causal=True)`, value and
-gradient, and the kernel is chosen by context length."""
+gradient, and the kernel is chosen by context length, score size and threads."""
 
 import math
 
@@ -17,7 +17,7 @@ def qkv(n_ctx, dtype=torch.float32, seed=0):
 
 
 @pytest.mark.parametrize("n_ctx", [1, 5, 64, 65])  # one position, short, the boundary, above it
-def test_causal_attention_equals_sdpa_value_and_gradient(n_ctx):
+def test_causal_attention_equals_sdpa_value_and_gradient(n_ctx, two_threads):
     q, k, v = qkv(n_ctx)
     grad_z = torch.randn(3, 2, n_ctx, 4)
     causal_attention(q, k, v, 0.5).backward(grad_z)
@@ -50,10 +50,18 @@ def test_gradcheck():
         lambda a, b, c: SmallContextAttention.apply(a, b, c, 1 / math.sqrt(4)), (q, k, v))
 
 
-def test_the_kernel_is_chosen_by_context_length(monkeypatch):
+def test_the_kernel_is_chosen_by_context_length_score_size_and_threads(monkeypatch, two_threads):
+    cpu = torch.device("cpu")
+    assert ca.kernel_for(128, 64, cpu) == "matmuls"  # the default shape
+    assert ca.kernel_for(128 * 16, 64, cpu) == "flash"  # 16 stacked default models
     calls = []
     monkeypatch.setattr(ca.SmallContextAttention, "apply",
-                        lambda *args: calls.append("small") or torch.zeros(args[0].shape))
+                        lambda *args: calls.append(args[0].shape) or torch.zeros(args[0].shape))
     for n_ctx in (ca.SMALL_CONTEXT, ca.SMALL_CONTEXT + 1):
         causal_attention(*qkv(n_ctx), 0.5)
-    assert calls == ["small"]
+    assert calls == [(6, ca.SMALL_CONTEXT, 4)]  # 3 x 2 sequences, the short context only
+    monkeypatch.setattr(ca, "SMALL_SCORES", 6 * 16 * 16 - 1)  # one element too many
+    causal_attention(*qkv(16), 0.5)
+    torch.set_num_threads(1)
+    causal_attention(*qkv(8), 0.5)
+    assert len(calls) == 1

@@ -47,7 +47,7 @@ VARIANTS = [dict(positional=pos, attn_bias=bias, blocked_composition=blocked)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
-def test_fused_path_gradients_equal_the_explicit_paths(variant):
+def test_fused_path_gradients_equal_the_explicit_paths(variant, two_threads):
     """Both kernels of `causal_attention` too: n_ctx 16 takes the matmuls, 80 the flash kernel."""
     for n_ctx in (16, 80):
         torch.manual_seed(0)

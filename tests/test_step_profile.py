@@ -20,7 +20,7 @@ def small_step():
     return lambda: train_step(model, optimizer, scheduler, tokens, grad_clip=1.0)
 
 
-def test_forward_and_backward_operations_belong_to_their_part():
+def test_forward_and_backward_operations_belong_to_their_part(two_threads):
     step = small_step()
     step()  # AdamW's state exists: the profiled step is a steady one
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -1,15 +1,16 @@
 """Causal self-attention of the training step's fused path, the kernel chosen by shape.
 
 `scaled_dot_product_attention`'s CPU flash kernel walks the keys in blocks and recomputes the
-scores and their exponentials in its backward pass. At short contexts the whole score matrix of
-a head fits in cache, so materialising it costs little, and on a CPU each exponential costs more
-than the matmul work around it (head size 16 gives the matmuls little to do). There
-`SmallContextAttention` wins: the scores by batched matmuls, one softmax kept for the backward
-pass, no exponential recomputed. Measured side by side (`scripts/bench.py`, forward + backward of
-the training step): on 2 cores at n_ctx 64 it is a tie on one thread and faster on two (the flash
-kernel gets slower with a second thread at this shape); at n_ctx 128 and 256 the flash kernel is
-faster. Above `SMALL_CONTEXT` positions and on other devices the flash kernel runs. Both compute
-the same function (tested).
+scores and their exponentials in its backward pass. `SmallContextAttention` instead writes each
+head's whole score matrix with batched matmuls and keeps one softmax for the backward pass.
+Measured side by side (`scripts/bench.py --parts attention`, and at the default shape with 1-16
+stacked models): on one thread the two tie at n_ctx 64 and the flash kernel wins above; on two
+threads the flash kernel gains nothing at n_ctx 64 while the matmuls nearly halve their time, as
+long as the scores stay small (up to 8 stacked default models, 16 MB a layer); with 16 models
+(33 MB) and at n_ctx 128 and 256 the flash kernel, which never holds them, wins. So the matmuls
+run on a CPU with two or more threads, n_ctx up to `SMALL_CONTEXT` and scores up to
+`SMALL_SCORES` elements; the flash kernel everywhere else. Both compute the same function
+(tested).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 SMALL_CONTEXT = 64  # the longest context given to SmallContextAttention on a CPU
+SMALL_SCORES = 1 << 22  # the most score elements (sequences x n_ctx^2) it writes in one layer
 
 
 class SmallContextAttention(torch.autograd.Function):
@@ -46,16 +48,19 @@ class SmallContextAttention(torch.autograd.Function):
                 torch.bmm(pattern.transpose(1, 2), grad_z), None)
 
 
-def kernel_for(n_ctx: int, device: torch.device) -> str:
-    """The kernel `causal_attention` runs for this context length on this device: "matmuls"
-    (`SmallContextAttention`) or "flash" (`scaled_dot_product_attention`)."""
-    return "matmuls" if device.type == "cpu" and n_ctx <= SMALL_CONTEXT else "flash"
+def kernel_for(sequences: int, n_ctx: int, device: torch.device) -> str:
+    """The kernel `causal_attention` runs for `sequences` (batch x heads) of `n_ctx` positions on
+    this device with the current torch threads: "matmuls" (`SmallContextAttention`) or "flash"
+    (`scaled_dot_product_attention`)."""
+    small = n_ctx <= SMALL_CONTEXT and sequences * n_ctx * n_ctx <= SMALL_SCORES
+    return ("matmuls" if device.type == "cpu" and small and torch.get_num_threads() > 1
+            else "flash")
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      scale: float) -> torch.Tensor:  # [N, h, p, e] each -> z [N, h, p, e]
     """Causal attention of every head of every sequence, by the kernel that is faster here."""
-    if kernel_for(q.shape[-2], q.device) == "flash":
+    if kernel_for(q.shape[:-2].numel(), q.shape[-2], q.device) == "flash":
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     shape = q.shape
     z = SmallContextAttention.apply(*(t.reshape(-1, *shape[-2:]) for t in (q, k, v)), scale)
