@@ -1,7 +1,9 @@
 """The sweep figure: best layer-1 induction score and second-copy loss against tokens seen, one
 column per positional mode, one colour and one line style per blocking condition (curves that
 overlap stay apart in greyscale too); the line is the mean over seeds, the band spans the seeds
-(min to max), thin lines are single seeds."""
+(min to max), thin lines are single seeds. A seed that finished before the others (stopped early
+once its head formed) counts with its last value from then on, so the mean does not jump when it
+stops; a run still going or failed counts only where it has values."""
 
 from __future__ import annotations
 
@@ -27,12 +29,18 @@ def run_curve(rows: List[dict], key: str) -> Dict[int, float]:
     return {t: v for t, v in points if v is not None and math.isfinite(v)}
 
 
-def seed_band(curves: List[Dict[int, float]]) -> Tuple[list, list, list, list]:
-    """Tokens, mean, min, max over the runs that reached each evaluation."""
+def seed_band(curves: List[Dict[int, float]], finished: List[bool] | None = None
+              ) -> Tuple[list, list, list, list]:
+    """Tokens, mean, min, max over the seeds at each evaluation. A curve marked `finished` holds
+    its last value after its last evaluation (a run stopped early is done, not missing); any
+    other curve counts only where it has a value."""
+    finished = finished or [False] * len(curves)
     tokens = sorted({t for c in curves for t in c})
+    last = [(max(c), c[max(c)]) if done and c else None for c, done in zip(curves, finished)]
     xs, mean, low, high = [], [], [], []
     for t in tokens:
-        values = [c[t] for c in curves if t in c]
+        values = [c[t] if t in c else end[1] for c, end in zip(curves, last)
+                  if t in c or (end is not None and t > end[0])]
         xs.append(t)
         mean.append(sum(values) / len(values))
         low.append(min(values))
@@ -67,14 +75,15 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
         seeds = len(runs)
         for row, (_, key) in enumerate(PANELS):
             ax = axes[row][columns.index(column)]
-            curves = [run_curve(r.rows, key) for r in runs]
-            curves = [c for c in curves if c]
-            if not curves:
+            per_run = [(r, run_curve(r.rows, key)) for r in runs]
+            per_run = [(r, c) for r, c in per_run if c]
+            if not per_run:
                 continue
-            for c in curves:
+            for _, c in per_run:
                 ax.plot([t / 1e6 for t in c], list(c.values()), color=color[style], lw=0.6,
                         alpha=0.35, ls=dash[style])
-            xs, mean, low, high = seed_band(curves)
+            xs, mean, low, high = seed_band([c for _, c in per_run],
+                                            [r.state == "finished" for r, _ in per_run])
             xs = [t / 1e6 for t in xs]
             ax.fill_between(xs, low, high, color=color[style], alpha=0.15, lw=0)
             ax.plot(xs, mean, color=color[style], lw=2.0, ls=dash[style],

@@ -67,7 +67,9 @@ def sweep_report_data(sweep_dir: str | Path, conditions: List[Condition]) -> Dic
         for key, _, _ in CURVES:
             per_run = [(r, run_curve(r.rows, key)) for r in with_rows]
             per_run = [(r, c) for r, c in per_run if c]
-            xs, mean, low, high = seed_band([c for _, c in per_run]) if per_run else ([],) * 4
+            xs, mean, low, high = seed_band(
+                [c for _, c in per_run], [r.state == "finished" for r, _ in per_run]
+            ) if per_run else ([],) * 4
             curves[key] = {"tokens": xs, "mean": mean, "low": low, "high": high,
                            "runs": [{"seed": r.seed, "state": r.state, "tokens": list(c),
                                      "values": list(c.values())} for r, c in per_run]}

@@ -27,7 +27,7 @@ function main() {
   }
   const style = D.conditions.map((c, k) => ({color: COLORS[k % COLORS.length],
                                              dash: DASHES[k % DASHES.length]}));
-  h("h2", {}, page, "Curves: mean over seeds (thick), min-max band, single seeds (faint)");
+  h("h2", {}, page, "Curves: mean over seeds (thick; a seed stopped early counts with its last value), min-max band, single seeds (faint)");
   const grid = h("div", {class: "charts", id: "sweep-curves"}, page);
   for (const curve of D.curves) {
     const series = [];
