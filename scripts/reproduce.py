@@ -125,12 +125,26 @@ def run_train(args: List[str], log: Path, script: Path = TRAIN) -> float:
     return seconds
 
 
+WALL_FILE = "reproduce_wall.json"  # beside a part's runs: their training's wall time
+
+
 def stamp(results: dict, command: str, wall_seconds: float | None, ctx: Context,
           runs: Path | None = None) -> dict:
+    """The results with their provenance. The wall time of runs trained here is kept beside them
+    (`WALL_FILE`), so that `--reuse-runs` reports it too, with the machine that trained them."""
+    runs = runs or ctx.runs
+    trained_on = None
+    if ctx.train and wall_seconds is not None:
+        (runs / WALL_FILE).write_text(json.dumps(
+            {"wall_seconds": wall_seconds, "date": datetime.date.today().isoformat(),
+             "machine": machine()}, indent=2) + "\n")
+    elif not ctx.train and (runs / WALL_FILE).exists():
+        kept = json.loads((runs / WALL_FILE).read_text())
+        wall_seconds, trained_on = kept["wall_seconds"], kept.get("machine")
     return {"command": command, "date": datetime.date.today().isoformat(),
-            "wall_seconds": wall_seconds, "quick": ctx.quick, "runs_dir": str(runs or ctx.runs),
+            "wall_seconds": wall_seconds, "quick": ctx.quick, "runs_dir": str(runs),
             "trained_here": ctx.train,  # False: runs reused (--reuse-runs), machine is the reader
-            "machine": machine(), **results}
+            "machine": machine(), "trained_on": trained_on, **results}
 
 
 def screenshots(shots: List[tuple]) -> None:

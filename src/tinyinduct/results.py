@@ -53,7 +53,8 @@ def _steps(x) -> str:
 
 
 def _provenance(results: dict) -> str:
-    machine = results.get("machine") or {}
+    # the machine that trained the runs (read back by --reuse-runs), else the one that ran
+    machine = results.get("trained_on") or results.get("machine") or {}
     where = ", ".join(str(v) for v in (machine.get("cpu"),
                                        machine.get("torch") and f"torch {machine['torch']}",
                                        machine.get("threads") and f"{machine['threads']} threads")
