@@ -27,22 +27,28 @@ class _ProjectHeads(torch.autograd.Function):
         pos = x.shape[1] // batch
         W_flat = W.permute(0, 3, 1, 2, 4).reshape(G, d, n * h * e)
         rows = torch.bmm(x, W_flat).view(G, batch, pos, n, h, e)
-        heads = rows.permute(3, 0, 1, 4, 2, 5)  # [n, G, batch, h, pos, e]
-        if b is None:
-            out = heads.contiguous()
-        else:  # the bias added in the copy: out= keeps the result contiguous
-            out = torch.add(heads, b.permute(1, 0, 2, 3)[:, :, None, :, None, :],
-                            out=torch.empty(heads.shape, dtype=x.dtype, device=x.device))
+        outs = []
+        for i in range(n):  # one output each: their gradients come back apart, never stacked
+            heads = rows[:, :, :, i].permute(0, 1, 3, 2, 4)  # [G, batch, h, pos, e]
+            out = torch.empty(heads.shape, dtype=x.dtype, device=x.device)
+            if b is None:
+                out.copy_(heads)
+            else:  # the bias added in the copy
+                torch.add(heads, b[:, i, None, :, None, :], out=out)
+            outs.append(out.view(G * batch * h, pos, e))
         ctx.save_for_backward(x, W_flat)
         ctx.shape, ctx.has_bias = (G, n, h, d, e, batch, pos), b is not None
-        return out
+        return tuple(outs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):  # [n, G, batch, h, pos, e]
+    def backward(ctx, *grad_outs):  # n x [G * batch * h, pos, e]
         x, W_flat = ctx.saved_tensors
         G, n, h, d, e, batch, pos = ctx.shape
-        grad_rows = grad_out.permute(1, 2, 4, 0, 3, 5).reshape(G, batch * pos, n * h * e)
+        grad_rows = torch.empty(G, batch, pos, n, h, e, dtype=x.dtype, device=x.device)
+        for i, grad in enumerate(grad_outs):
+            grad_rows[:, :, :, i].copy_(grad.view(G, batch, h, pos, e).transpose(2, 3))
+        grad_rows = grad_rows.view(G, batch * pos, n * h * e)
         grad_x = torch.bmm(grad_rows, W_flat.transpose(1, 2))
         grad_W = torch.bmm(x.transpose(1, 2), grad_rows).view(G, d, n, h, e)
         grad_b = grad_rows.sum(1).view(G, n, h, e) if ctx.has_bias else None
@@ -81,8 +87,7 @@ def project_heads(x: torch.Tensor,  # [G, batch, pos, d_model]
     G, batch, pos, _ = x.shape
     W = torch.stack(weights, 1)
     b = None if biases is None else torch.stack(biases, 1)
-    heads = _ProjectHeads.apply(x.reshape(G, batch * pos, -1), W, b, batch)
-    return tuple(t.view(-1, pos, t.shape[-1]) for t in heads.unbind(0))
+    return _ProjectHeads.apply(x.reshape(G, batch * pos, -1), W, b, batch)
 
 
 def project_out(z: torch.Tensor,  # [G, batch, h, pos, d_head]
