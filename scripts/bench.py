@@ -51,7 +51,7 @@ from tinyinduct.loop import build_model, make_optimizer, resolve_device
 from tinyinduct.loop import train as train_run
 from tinyinduct.stack import StackedTransformer, next_token_loss, train_step
 from tinyinduct.step_profile import PARTS as STEP_PARTS
-from tinyinduct.step_profile import profile_parts
+from tinyinduct.step_profile import profile_parts_and_kernels
 
 FLOPS_FORMULA = ("3 * (L * (2*d*3*h*e + 2*h*e*d + 2*2*h*e*(n+1)/2) + 2*d*V) per token "
                  "(forward x3 for training; causal attention averaged over positions)")
@@ -259,14 +259,16 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
     the part's own shape: `[tokens, d_model] @ [d_model, n]` for the projections and the
     unembedding; for attention the batched `[n_ctx, d_head] @ [d_head, n_ctx]` score matmul,
     which writes the whole score matrix (what an unfused attention would do: above 100%, the
-    fused kernel beats it)."""
+    fused kernel beats it). Also the share of each such part spent inside its matmul kernels
+    (`step_profile.KERNELS`) and the rate they reach there; the rest of the part is copies,
+    elementwise work (the softmax), allocation and the dispatch of small operations."""
     results = []
     for name, (fields, batch) in configs.items():
         cfg, batches = model_batches(fields, batch, device)
         tokens = batch * cfg.data.seq_len
         step = tinyinduct_step(cfg, batches, device)
         step_s = interleaved_medians(timer, {"step": step}, repeats)["step"]
-        profiled = profile_parts(step, steps)
+        profiled, in_kernels = profile_parts_and_kernels(step, steps)
         flops = part_flops_per_token(cfg.model)
         m = cfg.model
         own_shape = {"projections": (1, tokens, m.d_model, 3 * m.n_heads * m.d_head),
@@ -277,7 +279,17 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
             share = profiled[part] / profiled["step"]
             row = {"share": share, "ms": 1e3 * share * step_s, "profiled_ms": 1e3 * profiled[part],
                    "gflops": None, "fraction_of_matmul_peak": None,
-                   "shape_matmul_gflops": None, "fraction_of_shape_matmul": None}
+                   "shape_matmul_gflops": None, "fraction_of_shape_matmul": None,
+                   "kernel_share": None, "kernel_gflops": None,
+                   "kernel_fraction_of_matmul_peak": None}
+            if part in flops and in_kernels.get(part, 0) > 0:
+                # the part's own matmul kernels: their share of its time and their rate, at
+                # that share of the unprofiled time
+                kernel_share = in_kernels[part] / profiled[part]
+                row["kernel_share"] = kernel_share
+                row["kernel_gflops"] = (flops[part] * tokens / (kernel_share * share * step_s)
+                                        / 1e9)
+                row["kernel_fraction_of_matmul_peak"] = row["kernel_gflops"] / peaks["fp32"]
             if part in flops and share > 0:
                 row["gflops"] = flops[part] * tokens / (share * step_s) / 1e9
                 row["fraction_of_matmul_peak"] = row["gflops"] / peaks["fp32"]

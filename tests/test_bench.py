@@ -55,6 +55,9 @@ def test_quick_benchmark_writes_its_json(tmp_path):
                 r["gflops"] / result["matmul_peak_gflops"]["1"]["fp32"])
             assert r["fraction_of_shape_matmul"] == pytest.approx(
                 r["gflops"] / r["shape_matmul_gflops"])
+            # inside its matmul kernels for part of its time, faster there than over all of it
+            assert 0 < r["kernel_share"] <= 1
+            assert r["kernel_gflops"] == pytest.approx(r["gflops"] / r["kernel_share"])
         else:
             assert r["gflops"] is None and r["shape_matmul_gflops"] is None
     # their FLOPs are the formula's terms: GFLOP/s x time adds up to the model's FLOPs

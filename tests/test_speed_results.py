@@ -5,9 +5,11 @@ from tinyinduct.results import render
 
 
 def bench_json() -> dict:
-    def part(share, gflops=None, peak=None, shape=None):
+    def part(share, gflops=None, peak=None, shape=None, kernel=None):
         return {"share": share, "gflops": gflops, "fraction_of_matmul_peak": peak,
-                "fraction_of_shape_matmul": shape}
+                "fraction_of_shape_matmul": shape,
+                "kernel_share": kernel and kernel[0], "kernel_gflops": kernel and kernel[1],
+                "kernel_fraction_of_matmul_peak": kernel and kernel[1] / 176}
 
     return {
         "date": "2026-11-30T14:00:00+00:00", "command": "bench.py --out x.json",
@@ -23,8 +25,9 @@ def bench_json() -> dict:
                         "tinyinduct_explicit": {"tokens_per_second": 50_000.0},
                         "transformer_lens": {"tokens_per_second": 35_000.0}}}],
         "profile": [{"config": "default", "threads": 1, "step_ms": 29.25, "parts": {
-            "embedding": part(0.01), "projections": part(0.3, 88.0, 0.5, 0.75),
-            "attention": part(0.28, 17.6, 0.1, 0.2), "unembed_loss": part(0.31, 88.0, 0.5, 0.9),
+            "embedding": part(0.01), "projections": part(0.3, 88.0, 0.5, 0.75, (0.5, 176.0)),
+            "attention": part(0.28, 17.6, 0.1, 0.2, (0.4, 44.0)),
+            "unembed_loss": part(0.31, 88.0, 0.5, 0.9, (0.625, 140.8)),
             "optimizer": part(0.04), "other": part(0.06)}}],
         "attention": [{"config": "default", "threads": 2, "shape": [32, 4, 64, 16],
                        "flash_ms": 5.634, "matmuls_ms": 3.481, "chosen": "matmuls"}],
@@ -52,6 +55,8 @@ def test_speed_tables_show_the_benchmarks_numbers():
             "90% of its shape's | 4% | 6% |") in text
     assert "| 1 | 8 | 0.97x | 1.12x |" in text
     assert "| default | 2 | 128 x 64 x 16 | 5.63 ms | 3.48 ms | matmuls |" in text
+    assert ("| default | 1 | 50% of its time: 176 GFLOP/s, 100% of peak | 40% of its time: 44 "
+            "GFLOP/s, 25% of peak | 62% of its time: 141 GFLOP/s, 80% of peak |") in text
     assert ("crossed 0.7 at step 1,050 (2.15 M tokens, 12.5 s of training) and ended at 0.85; "
             "evaluation every 50 steps took 5.6% of the run's wall time (171,553 training "
             "tokens/s).") in text

@@ -6,7 +6,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from tinyinduct import AttnOnlyTransformer, ModelConfig
 from tinyinduct.stack import StackedTransformer, train_step
-from tinyinduct.step_profile import PARTS, attribute, part, profile_parts
+from tinyinduct.step_profile import (
+    PARTS,
+    attribute,
+    part,
+    profile_parts,
+    profile_parts_and_kernels,
+)
 
 SMALL = dict(n_layers=2, n_heads=2, d_model=16, d_head=8, n_ctx=16, d_vocab=32, attn_bias=True)
 
@@ -56,6 +62,15 @@ def test_parts_add_up_to_the_profiled_step():
         assert seconds[name] > 0, name
     assert seconds["other"] >= 0
     assert abs(sum(seconds[name] for name in (*PARTS, "other")) - seconds["step"]) < 1e-9
+
+
+def test_each_matmul_part_spends_part_of_its_time_in_its_kernels(two_threads):
+    step = small_step()
+    step()
+    seconds, kernels = profile_parts_and_kernels(step, steps=2)
+    for name in ("projections", "attention", "unembed_loss"):
+        assert 0 < kernels[name] < seconds[name], name
+    assert kernels["embedding"] == kernels["optimizer"] == 0  # no matmul there
 
 
 def test_part_is_free_without_a_profiler():

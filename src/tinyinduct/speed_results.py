@@ -76,6 +76,24 @@ def profile_table(bench: dict) -> str:
     return markdown_rows(rows, columns)
 
 
+def kernels_table(bench: dict) -> str:
+    """Per config and thread count, for each part made of matmuls: the share of its time inside
+    its matmul kernels and the rate they reach there, against the run's matmul peak."""
+    parts = [p for p in PROFILE_PARTS
+             if any(r["parts"][p].get("kernel_share") is not None for r in bench["profile"])]
+    columns = ("config", "threads", *(PART_NAMES.get(p, p) for p in parts))
+    rows = []
+    for r in bench["profile"]:
+        row = {"config": r["config"], "threads": str(r["threads"])}
+        for p in parts:
+            part = r["parts"][p]
+            row[PART_NAMES.get(p, p)] = "-" if part.get("kernel_share") is None else (
+                f"{100 * part['kernel_share']:.0f}% of its time: {part['kernel_gflops']:.0f} "
+                f"GFLOP/s, {100 * part['kernel_fraction_of_matmul_peak']:.0f}% of peak")
+        rows.append(row)
+    return markdown_rows(rows, columns)
+
+
 def attention_table(bench: dict) -> str:
     columns = ("config", "threads", "sequences x positions x head size", "flash kernel",
                "batched matmuls", "chosen")
@@ -113,6 +131,13 @@ def render_speed(results: dict) -> str:
                   "step, and for the parts made of matmuls their GFLOP/s, as a share of the "
                   "matmul peak and of one plain matmul of the part's own shape:",
                   profile_table(bench)]
+        if any(part.get("kernel_share") is not None
+               for r in bench["profile"] for part in r["parts"].values()):
+            parts += ["Inside those parts: the share of each part's time spent in its matmul "
+                      "kernels (for attention on the flash path, the flash kernel), and their "
+                      "rate there; the rest is copies into layouts, elementwise work such as "
+                      "the softmax, allocation and the dispatch of small operations:",
+                      kernels_table(bench)]
     if bench.get("attention"):
         parts += ["Attention, forward + backward of one layer at each config's shape, by the two "
                   "kernels `causal_attention` chooses between, and the one it runs there:",

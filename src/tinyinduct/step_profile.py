@@ -18,6 +18,12 @@ from torch.autograd.profiler import record_function
 
 # forward + backward of each; "optimizer" is gradient clipping, AdamW and the schedule
 PARTS = ("embedding", "projections", "attention", "unembed_loss", "optimizer")
+# the operations that do a part's multiply-adds (matmuls, and the flash attention kernel, whose
+# matmuls and softmax are one operation); the rest of a part is copies, elementwise work,
+# allocation and the dispatch of small operations
+KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::baddbmm_",
+           "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 STEP = "training_step"
 BACKWARD = "backward"  # a marker, not a part
 
@@ -57,6 +63,12 @@ def profile_parts(step: Callable[[], object], steps: int) -> Dict[str, float]:
     """Seconds per step of each part in `PARTS` and `other` (the rest of the step's wall time),
     over `steps` calls of `step` under `torch.profiler` (CPU activity); they add up to the
     profiled step's wall time, `"step"` in the result."""
+    return profile_parts_and_kernels(step, steps)[0]
+
+
+def profile_parts_and_kernels(step: Callable[[], object], steps: int
+                              ) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """`profile_parts`, and of each part's seconds those spent inside its `KERNELS`."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -64,13 +76,16 @@ def profile_parts(step: Callable[[], object], steps: int) -> Dict[str, float]:
             with record_function(STEP):
                 step()
     seconds = {name: 0.0 for name in PARTS}
+    kernels = {name: 0.0 for name in PARTS}
     wall = 0.0
     for event, name in attribute(prof.events()):
         if event.name == STEP:
             wall += event.cpu_time_total / 1e6
         elif name is not None:
             seconds[name] += event.self_cpu_time_total / 1e6
+            if event.name in KERNELS:
+                kernels[name] += event.self_cpu_time_total / 1e6
     seconds = {name: s / steps for name, s in seconds.items()}
     seconds["step"] = wall / steps
     seconds["other"] = seconds["step"] - sum(seconds[name] for name in PARTS)
-    return seconds
+    return seconds, {name: s / steps for name, s in kernels.items()}
