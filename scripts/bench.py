@@ -282,7 +282,7 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
                    "shape_matmul_gflops": None, "fraction_of_shape_matmul": None,
                    "kernel_share": None, "kernel_gflops": None,
                    "kernel_fraction_of_matmul_peak": None}
-            if part in flops and in_kernels.get(part, 0) > 0:
+            if part in flops and in_kernels[part] > 0:
                 # the part's own matmul kernels: their share of its time and their rate, at
                 # that share of the unprofiled time
                 kernel_share = in_kernels[part] / profiled[part]

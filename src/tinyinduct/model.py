@@ -141,8 +141,7 @@ def fused_attention(
     with part("attention"):
         z = causal_attention(q, k, v, scale)  # [G * b, h, p, e]
     with part("projections"):
-        x = inputs[0]
-        G = 1 if single else x.shape[0]
+        G = lead(inputs[0]).shape[0]
         out = project_out(z.reshape(G, -1, *z.shape[1:]), lead(weights[3]),
                           None if biases is None else lead(biases[3]))
         return out[0] if single else out

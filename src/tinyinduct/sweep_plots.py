@@ -48,6 +48,17 @@ def seed_band(curves: List[Dict[int, float]], finished: List[bool] | None = None
     return xs, mean, low, high
 
 
+def runs_band(runs: list, key: str) -> Tuple[list, Tuple[list, list, list, list]]:
+    """The runs' curves of `key` (`(run, curve)` for each run with values) and their
+    `seed_band`, a run that finished holding its last value: what the figure and the compare
+    page draw."""
+    per_run = [(r, run_curve(r.rows, key)) for r in runs]
+    per_run = [(r, c) for r, c in per_run if c]
+    if not per_run:
+        return [], ([], [], [], [])
+    return per_run, seed_band([c for _, c in per_run], [r.state == "finished" for r, _ in per_run])
+
+
 def _split_label(label: str) -> Tuple[str, str]:
     """"positional=standard, blocked=K" -> ("standard", "blocked=K")."""
     parts = label.split(", ")
@@ -75,15 +86,12 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
         seeds = len(runs)
         for row, (_, key) in enumerate(PANELS):
             ax = axes[row][columns.index(column)]
-            per_run = [(r, run_curve(r.rows, key)) for r in runs]
-            per_run = [(r, c) for r, c in per_run if c]
+            per_run, (xs, mean, low, high) = runs_band(runs, key)
             if not per_run:
                 continue
             for _, c in per_run:
                 ax.plot([t / 1e6 for t in c], list(c.values()), color=color[style], lw=0.6,
                         alpha=0.35, ls=dash[style])
-            xs, mean, low, high = seed_band([c for _, c in per_run],
-                                            [r.state == "finished" for r, _ in per_run])
             xs = [t / 1e6 for t in xs]
             ax.fill_between(xs, low, high, color=color[style], alpha=0.15, lw=0)
             ax.plot(xs, mean, color=color[style], lw=2.0, ls=dash[style],

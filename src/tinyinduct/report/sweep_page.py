@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..sweep_plots import run_curve, seed_band
+from ..sweep_plots import runs_band
 from ..sweep_report import (
     TABLE_COLUMNS,
     Condition,
@@ -65,11 +65,7 @@ def sweep_report_data(sweep_dir: str | Path, conditions: List[Condition]) -> Dic
             notes.append(f"{condition.label}: no run has logged an evaluation yet.")
         curves = {}
         for key, _, _ in CURVES:
-            per_run = [(r, run_curve(r.rows, key)) for r in with_rows]
-            per_run = [(r, c) for r, c in per_run if c]
-            xs, mean, low, high = seed_band(
-                [c for _, c in per_run], [r.state == "finished" for r, _ in per_run]
-            ) if per_run else ([],) * 4
+            per_run, (xs, mean, low, high) = runs_band(with_rows, key)
             curves[key] = {"tokens": xs, "mean": mean, "low": low, "high": high,
                            "runs": [{"seed": r.seed, "state": r.state, "tokens": list(c),
                                      "values": list(c.values())} for r, c in per_run]}
