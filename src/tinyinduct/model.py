@@ -182,7 +182,10 @@ class Attention(nn.Module):
         k_in: torch.Tensor,
         v_in: torch.Tensor,
     ) -> torch.Tensor:  # [b, p, d_model]
-        if q_in.dim() == 3 and k_in.dim() == 3 and v_in.dim() == 3 and not self.explicit():
+        # under torch.compile the explicit path: inductor fuses its plain operations itself,
+        # and the fused path's hand-written autograd functions do not trace
+        if (q_in.dim() == 3 and k_in.dim() == 3 and v_in.dim() == 3 and not self.explicit()
+                and not torch.compiler.is_compiling()):
             biases = (self.b_Q, self.b_K, self.b_V, self.b_O) if self.attn_bias else None
             return fused_attention((q_in, k_in, v_in), (self.W_Q, self.W_K, self.W_V, self.W_O),
                                    biases, self.scale)
