@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training speed of tinyinduct, against TransformerLens and against itself.
 
-    python scripts/bench.py --out bench.json                  # CPU: 1 and 2 threads, ~3-5 min
+    python scripts/bench.py --out bench.json                  # CPU: 1 and 2 threads, ~15 min
     python scripts/bench.py --device cuda --out bench-gpu.json
     python scripts/bench.py --quick --threads 1 --seeds 1,2 --out /tmp/bench.json  # checks it runs
 
@@ -16,8 +16,14 @@ Measures, in one process, interleaving the variants and taking medians over repe
    a quarter of it;
 3. the two attention kernels `causal_attention` chooses between (flash and batched matmuls),
    forward + backward of one layer at each config's shape, and which one it chooses there;
-4. time to induction of the default config (a real default run through `tinyinduct.train`) and
+4. `torch.compile` of the model's loss against tinyinduct's eager step: the compile's seconds,
+   the compiled step, and the steps after which the compile has paid for itself;
+5. time to induction of the default config (a real default run through `tinyinduct.train`) and
    the share of its wall time spent in evaluation.
+
+With `profile` (CPU), where tinyinduct's step goes, part by part, and the step's floor: what
+the step would take if every matmul ran at the matmul peak, every exponential at the rate of one
+`torch.exp`, and nothing else cost more than a tiny model's step.
 
 FLOPs per token, forward (multiply-add = 2 FLOPs; causal attention counts the (n_ctx + 1) / 2
 keys a token attends to on average; embeddings are lookups, elementwise work is not counted):
@@ -37,6 +43,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -62,7 +69,7 @@ CONFIGS = {
     "d128-ctx128": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=128, d_vocab=512), 32),
     "d128-ctx256": (dict(d_model=128, n_heads=8, d_head=16, n_ctx=256, d_vocab=512), 16),
 }
-PARTS = ("models", "profile", "attention", "seeds", "induction")
+PARTS = ("models", "profile", "attention", "compile", "seeds", "induction")
 QUICK_CONFIGS = {"tiny": (dict(d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=64), 8)}
 
 
@@ -157,18 +164,23 @@ def cycling(batches: List[torch.Tensor]) -> Callable[[], torch.Tensor]:
 
 
 def training_step(model: torch.nn.Module, cfg: RunConfig, batches: List[torch.Tensor],
-                  explicit: bool = False) -> Callable[[], None]:
+                  explicit: bool = False,
+                  loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> Callable[[], None]:
     """One optimizer step of a plain `model` on the next pre-generated batch (next-token loss
-    on its logits, AdamW, gradient clipping): TransformerLens, tinyinduct's explicit path, and
-    the plain-model step the loop took before it was one stacked loop."""
+    on its logits, or `loss_fn(tokens)`; AdamW, gradient clipping): TransformerLens,
+    tinyinduct's explicit path, its compiled model, and the plain-model step the loop took
+    before it was one stacked loop."""
     optimizer = make_optimizer(model, cfg)
     state = {"i": 0}
 
     def step() -> None:
         tokens = batches[state["i"] % len(batches)]
         state["i"] += 1
-        logits = model(tokens, cache={}) if explicit else model(tokens)
-        loss = next_token_loss(logits, tokens)
+        if loss_fn is not None:
+            loss = loss_fn(tokens)
+        else:
+            loss = next_token_loss(model(tokens, cache={}) if explicit else model(tokens), tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -261,13 +273,16 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
     which writes the whole score matrix (what an unfused attention would do: above 100%, the
     fused kernel beats it). Also the share of each such part spent inside its matmul kernels
     (`step_profile.KERNELS`) and the rate they reach there; the rest of the part is copies,
-    elementwise work (the softmax), allocation and the dispatch of small operations."""
+    elementwise work (the softmax), allocation and the dispatch of small operations. And the
+    step's floor (`step_floor`), from a tiny step and an exponential timed beside the step."""
     results = []
     for name, (fields, batch) in configs.items():
         cfg, batches = model_batches(fields, batch, device)
         tokens = batch * cfg.data.seq_len
         step = tinyinduct_step(cfg, batches, device)
-        step_s = interleaved_medians(timer, {"step": step}, repeats)["step"]
+        seconds = interleaved_medians(timer, {"step": step, **floor_steps(fields, tokens,
+                                                                          device)}, repeats)
+        step_s = seconds["step"]
         profiled, in_kernels = profile_parts_and_kernels(step, steps)
         flops = part_flops_per_token(cfg.model)
         m = cfg.model
@@ -296,17 +311,56 @@ def bench_profile(configs, device, threads, timer, repeats, peaks,
                 row["shape_matmul_gflops"] = matmul_gflops(device, timer, *own_shape[part])
                 row["fraction_of_shape_matmul"] = row["gflops"] / row["shape_matmul_gflops"]
             parts[part] = row
+        floor = step_floor(m, batch, {part: flops[part] * tokens for part in flops},
+                           peaks["fp32"], seconds)
+        for part, floor_ms in floor["parts_ms"].items():
+            parts[part]["floor_ms"] = floor_ms
         results.append({"config": name, "threads": threads, "model": fields, "batch_size": batch,
                         "tokens_per_step": tokens, "step_ms": 1e3 * step_s,
                         "profiled_step_ms": 1e3 * profiled["step"], "profiled_steps": steps,
-                        "parts": parts})
+                        "parts": parts, "floor": floor})
         print(f"[{threads} thr] {name} profile: " + ", ".join(
             f"{part} {100 * r['share']:.0f}%" + (
                 "" if r["gflops"] is None else
                 f" ({r['gflops']:.0f} GFLOP/s: {100 * r['fraction_of_matmul_peak']:.0f}% of peak, "
                 f"{100 * r['fraction_of_shape_matmul']:.0f}% of a matmul of its shape)")
             for part, r in parts.items()), flush=True)
+        print(f"[{threads} thr] {name} floor: {floor['total_ms']:.1f} ms against a step of "
+              f"{1e3 * step_s:.1f} ms (fixed {floor['fixed_ms']:.1f} ms, " + ", ".join(
+                  f"{part} {ms:.1f} ms" for part, ms in floor["parts_ms"].items())
+              + f"; an exponential {floor['exp_ns_per_element']:.2f} ns)", flush=True)
     return results
+
+
+def floor_steps(fields: Dict[str, Any], tokens: int,
+                device: torch.device) -> Dict[str, Callable[[], None]]:
+    """What the step's floor is made of, timed beside it: the loop's step of a tiny model with
+    the same layers and heads (the same operations on a handful of numbers: the fixed cost of
+    dispatching them, the optimizer's included) and one exponential of a `[tokens, d_vocab]`
+    tensor (the rate of the softmax's exponentials)."""
+    tiny = {**fields, "d_model": 8, "d_head": 2, "n_ctx": 12, "d_vocab": 8}
+    tiny_cfg, tiny_batches = model_batches(tiny, 1, device)
+    x = torch.randn(tokens, fields["d_vocab"], device=device)
+    out = torch.empty_like(x)
+    return {"tiny_step": tinyinduct_step(tiny_cfg, tiny_batches, device),
+            "exp": lambda: torch.exp(x, out=out)}
+
+
+def step_floor(m: ModelConfig, batch: int, part_flops: Dict[str, float], peak_gflops: float,
+               seconds: Dict[str, float]) -> Dict[str, Any]:
+    """The least a step of this shape could take on this machine: the tiny step's fixed cost,
+    each matmul part's FLOPs (the formula's terms: attention's causal half) at the run's
+    matmul peak, and one exponential per logit with a target and per unmasked attention score
+    at the measured rate; nothing for copies, layouts or any other elementwise work."""
+    p = m.n_ctx
+    exponentials = {"unembed_loss": batch * (p - 1) * m.d_vocab,
+                    "attention": m.n_layers * batch * m.n_heads * p * (p + 1) // 2}
+    exp_ns = 1e9 * seconds["exp"] / (batch * p * m.d_vocab)
+    parts_ms = {part: 1e3 * flops / (peak_gflops * 1e9) + 1e-6 * exponentials.get(part, 0) * exp_ns
+                for part, flops in part_flops.items()}
+    fixed_ms = 1e3 * seconds["tiny_step"]
+    return {"fixed_ms": fixed_ms, "exp_ns_per_element": exp_ns, "exponentials": exponentials,
+            "parts_ms": parts_ms, "total_ms": fixed_ms + sum(parts_ms.values())}
 
 
 def attention_steps(batch: int, h: int, p: int, e: int,
@@ -334,6 +388,67 @@ def bench_attention(configs, device, threads, timer, repeats) -> List[Dict[str, 
         print(f"[{threads} thr] {name} attention, forward + backward: flash "
               f"{1e3 * seconds['flash']:.2f} ms, matmuls {1e3 * seconds['matmuls']:.2f} ms; "
               f"{chosen} chosen", flush=True)
+    return rows
+
+
+@contextmanager
+def inductor_cache(path: str):
+    """torch.compile's on-disk caches (inductor's and AOTAutograd's) in `path` for the block."""
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+def compiled_step(cfg: RunConfig, batches: List[torch.Tensor],
+                  device: torch.device) -> Callable[[], None]:
+    """`training_step` of a fresh model whose loss (forward and backward) is `torch.compile`d:
+    the model takes its explicit path under compile, plain operations that inductor fuses."""
+    model = build_model(cfg, device)
+    torch._dynamo.reset()  # a fresh compile: no graph or dynamic shape kept from another config
+    loss_fn = torch.compile(lambda tokens: next_token_loss(model(tokens), tokens), dynamic=False)
+    return training_step(model, cfg, batches, loss_fn=loss_fn)
+
+
+def first_call_seconds(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_compile(configs, device, threads, timer, repeats) -> List[Dict[str, Any]]:
+    """torch.compile against tinyinduct's eager step: the first compiled step with empty
+    on-disk caches (`compile_seconds`), a second model compiled again in the same process
+    (`recompile_seconds`: the caches warm, a lower bound on what a later run pays), both
+    steps' medians, and the steps after which the compile has paid for itself."""
+    rows = []
+    for name, (fields, batch) in configs.items():
+        cfg, batches = model_batches(fields, batch, device)
+        with tempfile.TemporaryDirectory() as cache, inductor_cache(cache):
+            compile_s = first_call_seconds(compiled_step(cfg, batches, device))
+            compiled = compiled_step(cfg, batches, device)
+            recompile_s = first_call_seconds(compiled)
+            seconds = interleaved_medians(timer, {
+                "tinyinduct": tinyinduct_step(cfg, batches, device), "compiled": compiled},
+                repeats)
+        saved = seconds["tinyinduct"] - seconds["compiled"]
+        row = {"config": name, "threads": threads, "compile_seconds": compile_s,
+               "recompile_seconds": recompile_s,
+               "tinyinduct_step_ms": 1e3 * seconds["tinyinduct"],
+               "compiled_step_ms": 1e3 * seconds["compiled"],
+               "pays_after_steps": compile_s / saved if saved > 0 else None,
+               "pays_after_steps_recompiled": recompile_s / saved if saved > 0 else None}
+        rows.append(row)
+        print(f"[{threads} thr] {name} torch.compile: {compile_s:.1f} s to compile "
+              f"({recompile_s:.1f} s again), step {row['compiled_step_ms']:.1f} ms against "
+              f"{row['tinyinduct_step_ms']:.1f} ms eager; " + (
+                  "never pays" if saved <= 0 else
+                  f"pays after {row['pays_after_steps']:,.0f} steps"), flush=True)
     return rows
 
 
@@ -430,7 +545,8 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS),
                         help="what to measure, comma-separated: models (vs TransformerLens), "
                              "profile (where tinyinduct's step goes, CPU), attention (the two "
-                             "attention kernels), seeds (many seeds at once), induction (a "
+                             "attention kernels), compile (torch.compile against the eager "
+                             "step, ~20 s a compile), seeds (many seeds at once), induction (a "
                              "default run, ~1 min)")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -458,7 +574,7 @@ def main() -> None:
         "device": str(device), "machine": machine(), "quick": args.quick,
         "load_average_before": load_average(), "flops_formula": FLOPS_FORMULA,
         "matmul_peak_gflops": {}, "models": [], "profile": [], "attention": [],
-        "many_seeds": [],
+        "compile": [], "many_seeds": [],
     }
 
     def save(final: bool = False) -> None:  # after every part: a run cut short keeps its results
@@ -487,6 +603,9 @@ def main() -> None:
                   "skipped", flush=True)
         if "attention" in parts:
             result["attention"] += bench_attention(configs, device, n, timer, repeats)
+            save()
+        if "compile" in parts:
+            result["compile"] += bench_compile(configs, device, n, timer, repeats)
             save()
         # many seeds pay most where one model's batch is too small to fill the machine
         for batch in ([default_batch] if args.quick else [default_batch, default_batch // 4]):

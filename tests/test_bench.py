@@ -63,6 +63,31 @@ def test_quick_benchmark_writes_its_json(tmp_path):
     # their FLOPs are the formula's terms: GFLOP/s x time adds up to the model's FLOPs
     done = sum(r["gflops"] * r["ms"] / 1e3 for r in parts.values() if r["gflops"])
     assert done * 1e9 == pytest.approx(model["flops_per_token"] * model["tokens_per_step"])
+    # the floor: a tiny step's fixed cost, then each matmul part's FLOPs at the matmul peak
+    # and one exponential per logit with a target (8 x 31 x 64) and per unmasked attention
+    # score (2 layers x 8 x 2 heads x 32 x 33 / 2) at the measured rate
+    floor = profile["floor"]
+    assert floor["exponentials"] == {"unembed_loss": 8 * 31 * 64,
+                                     "attention": 2 * 8 * 2 * 32 * 33 // 2}
+    assert floor["fixed_ms"] > 0 and floor["exp_ns_per_element"] > 0
+    assert set(floor["parts_ms"]) == {"projections", "attention", "unembed_loss"}
+    for name, floor_ms in floor["parts_ms"].items():
+        r = parts[name]
+        matmul_ms = r["gflops"] * r["ms"] / result["matmul_peak_gflops"]["1"]["fp32"]
+        exp_ms = floor["exponentials"].get(name, 0) * floor["exp_ns_per_element"] / 1e6
+        assert floor_ms == pytest.approx(matmul_ms + exp_ms) and r["floor_ms"] == floor_ms
+    assert floor["total_ms"] == pytest.approx(floor["fixed_ms"] + sum(floor["parts_ms"].values()))
+
+    # torch.compile: both compiles timed, both steps, and when it pays (if it is faster)
+    (compiled,) = result["compile"]
+    assert compiled["config"] == "tiny" and compiled["compile_seconds"] > 0
+    assert compiled["recompile_seconds"] > 0 and compiled["compiled_step_ms"] > 0
+    saved_s = (compiled["tinyinduct_step_ms"] - compiled["compiled_step_ms"]) / 1e3
+    if saved_s > 0:
+        assert compiled["pays_after_steps"] == pytest.approx(
+            compiled["compile_seconds"] / saved_s)
+    else:
+        assert compiled["pays_after_steps"] is None
 
     (attention,) = result["attention"]  # both kernels at the tiny config's shape
     assert attention["shape"] == [8, 2, 32, 8] and attention["chosen"] == "flash"  # 1 thread
@@ -92,7 +117,8 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
 
 @pytest.mark.slow
 def test_readme_bench_commands_run_in_quick_mode(tmp_path):
-    """Every CPU benchmark command of the README runs as written (with --quick shapes)."""
+    """Every CPU benchmark command of the README runs as written (with --quick shapes, on one
+    thread: a second thread count would only repeat every part, compiles included)."""
     from test_readme import shell_commands
 
     commands = [c for c in shell_commands()
@@ -103,7 +129,7 @@ def test_readme_bench_commands_run_in_quick_mode(tmp_path):
         out = tmp_path / f"{i}.json"
         words[words.index("--out") + 1] = str(out)
         cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), *words, "--quick",
-               "--device", "cpu", "--seeds", "1,2"]
+               "--device", "cpu", "--seeds", "1,2", "--threads", "1"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=child_env(),
                               cwd=ROOT, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, f"{command}\n{proc.stderr}"

@@ -21,14 +21,26 @@ def bench_json() -> dict:
                     "speedup_vs_transformer_lens": 70_000 / 35_000 * 1.0,
                     "variants": {
                         "tinyinduct": {"tokens_per_second": 70_000.0, "gflops": 31.0,
-                                       "fraction_of_matmul_peak": 31.0 / 176},
+                                       "fraction_of_matmul_peak": 31.0 / 176,
+                                       "step_ms": 29.26},
                         "tinyinduct_explicit": {"tokens_per_second": 50_000.0},
-                        "transformer_lens": {"tokens_per_second": 35_000.0}}}],
+                        "transformer_lens": {"tokens_per_second": 35_000.0,
+                                             "step_ms": 58.52}}}],
         "profile": [{"config": "default", "threads": 1, "step_ms": 29.25, "parts": {
             "embedding": part(0.01), "projections": part(0.3, 88.0, 0.5, 0.75, (0.5, 176.0)),
             "attention": part(0.28, 17.6, 0.1, 0.2, (0.4, 44.0)),
             "unembed_loss": part(0.31, 88.0, 0.5, 0.9, (0.625, 140.8)),
-            "optimizer": part(0.04), "other": part(0.06)}}],
+            "optimizer": part(0.04), "other": part(0.06)},
+            "floor": {"fixed_ms": 4.0, "total_ms": 16.5, "exp_ns_per_element": 1.1,
+                      "parts_ms": {"projections": 5.0, "attention": 1.5, "unembed_loss": 6.0}}}],
+        "compile": [{"config": "default", "threads": 1, "compile_seconds": 24.0,
+                     "recompile_seconds": 1.0, "compiled_step_ms": 40.0,
+                     "tinyinduct_step_ms": 30.0, "pays_after_steps": None,
+                     "pays_after_steps_recompiled": None},
+                    {"config": "default", "threads": 2, "compile_seconds": 20.0,
+                     "recompile_seconds": 2.0, "compiled_step_ms": 20.0,
+                     "tinyinduct_step_ms": 22.5, "pays_after_steps": 8000.0,
+                     "pays_after_steps_recompiled": 800.0}],
         "attention": [{"config": "default", "threads": 2, "shape": [32, 4, 64, 16],
                        "flash_ms": 5.634, "matmuls_ms": 3.481, "chosen": "matmuls"}],
         "many_seeds": [{"threads": 1, "batch_size": 8, "n_seeds": k, "speedup_vs_sequential": x}
@@ -57,6 +69,13 @@ def test_speed_tables_show_the_benchmarks_numbers():
     assert "| default | 2 | 128 x 64 x 16 | 5.63 ms | 3.48 ms | matmuls |" in text
     assert ("| default | 1 | 50% of its time: 176 GFLOP/s, 100% of peak | 40% of its time: 44 "
             "GFLOP/s, 25% of peak | 62% of its time: 141 GFLOP/s, 80% of peak |") in text
+    # the floor beside the step, half of TransformerLens' step, each part beside its floor
+    # (29.25 ms x shares: 8.8, 8.2, 9.1 ms; the rest 1 + 4 + 6 % = 3.2 ms)
+    assert ("| default | 1 | 29.2 ms | 16.5 ms: 4.0 + 12.5 | 29.3 ms | 8.8 ms (floor 5.0) | "
+            "8.2 ms (floor 1.5) | 9.1 ms (floor 6.0) | 3.2 ms |") in text
+    assert ("| default | 1 | 24.0 s | 1.0 s | 40.0 ms | 30.0 ms | never (slower) |") in text
+    assert ("| default | 2 | 20.0 s | 2.0 s | 20.0 ms | 22.5 ms | 8,000 steps (800 compiled "
+            "again) |") in text
     assert ("crossed 0.7 at step 1,050 (2.15 M tokens, 12.5 s of training) and ended at 0.85; "
             "evaluation every 50 steps took 5.6% of the run's wall time (171,553 training "
             "tokens/s).") in text
@@ -64,9 +83,19 @@ def test_speed_tables_show_the_benchmarks_numbers():
 
 def test_parts_not_measured_leave_their_tables_out():
     bench = bench_json()
-    bench.update(models=[], many_seeds=[], attention=[], time_to_induction=None)
+    bench.update(models=[], many_seeds=[], attention=[], compile=[], time_to_induction=None)
     text = render("speed", {"command": "python scripts/reproduce.py --only speed",
                             "bench": bench})
     assert "Training step" not in text and "Many seeds" not in text
-    assert "Attention, forward + backward" not in text
+    assert "Attention, forward + backward" not in text and "torch.compile" not in text
     assert "Where tinyinduct's step goes" in text
+
+
+def test_readme_speed_table_puts_the_floor_beside_the_step():
+    text = render("speed_summary", {"speed": {"command": "python scripts/reproduce.py --only "
+                                                        "speed", "bench": bench_json()}})
+    assert text.startswith("Measured by `python scripts/reproduce.py --only speed`")
+    # 2.00x; the step 29.26 ms; the profile's floor 16.5 ms; half of TL's 58.52 ms; the matmul
+    # kernels of the projections (176 / 176) and of the unembedding (140.8 / 176)
+    assert ("| default | 1 | 2.00x | 29.3 ms | 16.5 ms | 29.3 ms | 100%, 80% of peak |"
+            in text)

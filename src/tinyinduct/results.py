@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from .speed_results import render_speed
+from .speed_results import render_speed, render_speed_summary
 from .stats import (
     SURVIVAL_COLUMNS,
     censoring_lines,
@@ -287,9 +287,11 @@ RENDERERS: Dict[str, Callable[[dict], str]] = {
     "intervention_sweep": render_intervention_sweep,
     "answer": render_answer,
     "speed": render_speed,
+    "speed_summary": render_speed_summary,
 }
-# A block made from several result files: its name -> the files it reads (else its own name).
-SOURCES: Dict[str, tuple] = {"answer": ("composition_sweep", "footnote6")}
+# A block made from other result files: its name -> the files it reads (else its own name).
+SOURCES: Dict[str, tuple] = {"answer": ("composition_sweep", "footnote6"),
+                             "speed_summary": ("speed",)}
 
 
 def render(name: str, results: dict) -> str:

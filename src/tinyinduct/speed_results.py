@@ -94,6 +94,71 @@ def kernels_table(bench: dict) -> str:
     return markdown_rows(rows, columns)
 
 
+def _half_transformer_lens_ms(bench: dict, config: str, threads: int) -> float | None:
+    """Half of TransformerLens' step in the same run: the step that would be 2x it."""
+    for r in bench.get("models") or []:
+        tl = r["variants"].get("transformer_lens")
+        if r["config"] == config and r["threads"] == threads and tl and "step_ms" in tl:
+            return tl["step_ms"] / 2
+    return None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+FLOOR_PARTS = ("projections", "attention", "unembed_loss")
+REST_PARTS = ("embedding", "optimizer", "other")
+
+
+def floor_table(bench: dict) -> str:
+    """Per config and thread count: the step, its floor (`bench.step_floor`) and half of
+    TransformerLens' step, then each matmul part's time beside its own floor, and the rest."""
+    columns = ("config", "threads", "step", "floor: fixed + matmuls + exponentials",
+               "step at 2x TransformerLens", *(PART_NAMES.get(p, p) for p in FLOOR_PARTS),
+               "the rest")
+    rows = []
+    for r in bench["profile"]:
+        floor = r.get("floor")
+        if not floor:
+            continue
+        parts = r["parts"]
+        row = {"config": r["config"], "threads": str(r["threads"]),
+               "step": _ms(r["step_ms"]),
+               "floor: fixed + matmuls + exponentials":
+                   f"{floor['total_ms']:.1f} ms: {floor['fixed_ms']:.1f} + "
+                   f"{floor['total_ms'] - floor['fixed_ms']:.1f}",
+               "step at 2x TransformerLens": _ms(_half_transformer_lens_ms(
+                   bench, r["config"], r["threads"])),
+               "the rest": _ms(sum(parts[p]["share"] for p in REST_PARTS) * r["step_ms"])}
+        for p in FLOOR_PARTS:
+            part_floor = floor["parts_ms"].get(p)
+            row[PART_NAMES.get(p, p)] = (_ms(parts[p]["share"] * r["step_ms"]) + (
+                "" if part_floor is None else f" (floor {part_floor:.1f})"))
+        rows.append(row)
+    return markdown_rows(rows, columns)
+
+
+def compile_table(bench: dict) -> str:
+    columns = ("config", "threads", "compile", "compile again", "compiled step",
+               "tinyinduct's step", "pays for itself after")
+
+    def pays(steps: float | None, again: float | None) -> str:
+        if steps is None:
+            return "never (slower)"
+        return f"{steps:,.0f} steps ({again:,.0f} compiled again)"
+
+    rows = [{"config": r["config"], "threads": str(r["threads"]),
+             "compile": f"{r['compile_seconds']:.1f} s",
+             "compile again": f"{r['recompile_seconds']:.1f} s",
+             "compiled step": _ms(r["compiled_step_ms"]),
+             "tinyinduct's step": _ms(r["tinyinduct_step_ms"]),
+             "pays for itself after": pays(r["pays_after_steps"],
+                                           r["pays_after_steps_recompiled"])}
+            for r in bench["compile"]]
+    return markdown_rows(rows, columns)
+
+
 def attention_table(bench: dict) -> str:
     columns = ("config", "threads", "sequences x positions x head size", "flash kernel",
                "batched matmuls", "chosen")
@@ -138,10 +203,26 @@ def render_speed(results: dict) -> str:
                       "rate there; the rest is copies into layouts, elementwise work such as "
                       "the softmax, allocation and the dispatch of small operations:",
                       kernels_table(bench)]
+        if any(r.get("floor") for r in bench["profile"]):
+            parts += ["The step's floor: what it would take if the fixed cost of its operations "
+                      "were a tiny model's step (d_model 8, n_ctx 12, batch 1, the same layers "
+                      "and heads), every matmul ran at the run's matmul peak and every "
+                      "exponential the softmaxes need (one per logit with a "
+                      "target, one per unmasked attention score) at the rate of `torch.exp`, "
+                      "all timed beside the step; nothing is counted for copies, layouts or "
+                      "other elementwise work. Beside it, half of TransformerLens' step from "
+                      "the first table, and each part's time with its own floor:",
+                      floor_table(bench)]
     if bench.get("attention"):
         parts += ["Attention, forward + backward of one layer at each config's shape, by the two "
                   "kernels `causal_attention` chooses between, and the one it runs there:",
                   attention_table(bench)]
+    if bench.get("compile"):
+        parts += ["`torch.compile` of the model's loss (forward and backward; the model takes "
+                  "its explicit path under compile) against tinyinduct's eager step: the first "
+                  "compiled step with empty caches, a second model compiled in the same "
+                  "process (caches warm), both steps' medians, and the steps after which the "
+                  "compile has paid for itself:", compile_table(bench)]
     if bench.get("many_seeds"):
         parts += ["Many seeds at once: aggregate tokens/s of K stacked seeds over K sequential "
                   "runs (default model; K = 1 is the stacked code against the plain step):",
@@ -158,3 +239,36 @@ def render_speed(results: dict) -> str:
                      f"took {100 * t['eval_fraction_of_wall']:.1f}% of the run's wall time "
                      f"({t['tokens_per_second']:,.0f} training tokens/s).")
     return "\n\n".join(parts)
+
+
+def summary_table(bench: dict) -> str:
+    """The README's speed table: per config and thread count, tinyinduct against
+    TransformerLens, its step beside its floor and half of TransformerLens' step, and the rate
+    of the matmul kernels of the parts made of large matmuls (their share of the matmul peak)."""
+    columns = ("config", "threads", "tinyinduct / TransformerLens", "step", "floor",
+               "step at 2x TransformerLens", "matmul kernels (projections, unembedding)")
+    profiles = {(r["config"], r["threads"]): r for r in bench.get("profile") or []}
+    rows = []
+    for r in bench["models"]:
+        profile = profiles.get((r["config"], r["threads"]))
+        tl = r.get("speedup_vs_transformer_lens")
+        kernels = "-"
+        if profile and all(profile["parts"][p].get("kernel_fraction_of_matmul_peak") is not None
+                           for p in ("projections", "unembed_loss")):
+            kernels = ", ".join(
+                f"{100 * profile['parts'][p]['kernel_fraction_of_matmul_peak']:.0f}%"
+                for p in ("projections", "unembed_loss")) + " of peak"
+        rows.append({"config": r["config"], "threads": str(r["threads"]),
+                     "tinyinduct / TransformerLens": "-" if tl is None else f"{tl:.2f}x",
+                     "step": _ms(r["variants"]["tinyinduct"].get("step_ms")),
+                     "floor": _ms(profile and (profile.get("floor") or {}).get("total_ms")),
+                     "step at 2x TransformerLens": _ms(_half_transformer_lens_ms(
+                         bench, r["config"], r["threads"])),
+                     "matmul kernels (projections, unembedding)": kernels})
+    return markdown_rows(rows, columns)
+
+
+def render_speed_summary(results: dict) -> str:
+    """{"speed": the result file of `reproduce.py --only speed`}: the README's table."""
+    speed = results["speed"]
+    return "\n\n".join([_provenance(speed), summary_table(speed["bench"])])
