@@ -348,10 +348,11 @@ def floor_steps(fields: Dict[str, Any], tokens: int,
 
 def step_floor(m: ModelConfig, batch: int, part_flops: Dict[str, float], peak_gflops: float,
                seconds: Dict[str, float]) -> Dict[str, Any]:
-    """The least a step of this shape could take on this machine: the tiny step's fixed cost,
-    each matmul part's FLOPs (the formula's terms: attention's causal half) at the run's
-    matmul peak, and one exponential per logit with a target and per unmasked attention score
-    at the measured rate; nothing for copies, layouts or any other elementwise work."""
+    """The least a step of these operations could take on this machine: the tiny step's fixed
+    cost (the same operations on a handful of numbers), each matmul part's FLOPs (the formula's
+    terms: attention's causal half) at the run's matmul peak, and one exponential per logit
+    with a target and per unmasked attention score at the measured rate; nothing for copies,
+    layouts or any other elementwise work."""
     p = m.n_ctx
     exponentials = {"unembed_loss": batch * (p - 1) * m.d_vocab,
                     "attention": m.n_layers * batch * m.n_heads * p * (p + 1) // 2}
