@@ -201,7 +201,7 @@ def test_quick_mode_runs_every_part_into_a_temp_folder(tmp_path):
     clamps = results["intervention_sweep"]
     assert len(clamps["conditions"]) == 3  # none, a previous-token clamp, an induction clamp
     assert all([s["seed"] for s in c["seeds"]] == [0, 1] for c in clamps["conditions"])
-    induction = next(c for c in clamps["conditions"] if "L1H0=induction" in c["condition"])
+    induction = next(c for c in clamps["conditions"] if "clamp=L1H0:induction" in c["condition"])
     assert all(s["interventions"] == {"clamp_pattern": {"L1H0": "induction"}}
                for s in induction["seeds"])
     bench = results["speed"]["bench"]

@@ -425,3 +425,20 @@ def test_load_run_names_a_corrupt_checkpoint_or_summary(mixed_sweep, tmp_path):
     torch.save({"weights": torch.zeros(2)}, checkpoint)  # a real torch file, someone else's
     with pytest.raises(RunFileError, match="not a tinyinduct checkpoint: .*no config, model"):
         load_run(run_dir)
+
+
+def test_a_clamp_names_its_condition_as_one_setting():
+    """The intervention sweep's conditions: no clamp, a previous-token clamp on L0H0, an
+    induction clamp on L1H0. The clamp mapping is one setting, not one per head."""
+    from types import SimpleNamespace
+
+    from tinyinduct.sweep_report import condition_keys, condition_label
+
+    clamps = [{}, {"L0H0": "previous_token"}, {"L1H0": "induction", "L0H1": "previous_token"}]
+    configs = [{"seed": s, "intervene": {"clamp_pattern": c}} for s, c in enumerate(clamps)]
+    keys = condition_keys([SimpleNamespace(config=c) for c in configs])
+    assert keys == ["model.positional", "model.blocked_composition", "intervene.clamp_pattern"]
+    assert [condition_label(c, keys) for c in configs] == [
+        "positional=standard, blocked=none, clamp=none",
+        "positional=standard, blocked=none, clamp=L0H0:previous_token",
+        "positional=standard, blocked=none, clamp=L0H1:previous_token+L1H0:induction"]

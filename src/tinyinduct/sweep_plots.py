@@ -102,11 +102,13 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
             axes[0][col].axhline(threshold, color="black", lw=0.8, ls=":",
                                  label=f"threshold {threshold}")
         axes[-1][col].set_xlabel("training tokens (millions)")
-        # below the plots: the curves fill every corner of the panels
+        # below the plots: the curves fill every corner of the panels; side by side while
+        # short labels fit a panel's width, one per line once they are long
         handles, labels = axes[0][col].get_legend_handles_labels()
+        short = max((len(label) for label in labels), default=0) <= 24
         axes[-1][col].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                             fontsize=9, ncol=min(len(labels), 3), frameon=False,
-                             handlelength=3.0, columnspacing=1.0)
+                             fontsize=9, ncol=min(len(labels), 3) if short else 1,
+                             frameon=False, handlelength=3.0, columnspacing=1.0)
         for row in range(len(PANELS)):
             axes[row][col].grid(alpha=0.3)
     for row, (ylabel, _) in enumerate(PANELS):
@@ -117,6 +119,6 @@ def plot_sweep(conditions: List[Condition], path: str | Path, threshold: float |
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend below the axes included
     plt.close(fig)
     return path

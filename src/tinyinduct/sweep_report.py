@@ -29,7 +29,10 @@ CONFIG_FILE = "config.yaml"
 # bookkeeping.
 NOT_A_CONDITION = ("seed", "device", "logger.", "resume", "train.allow_large")
 ALWAYS_SHOWN = ("model.positional", "model.blocked_composition")
-SHORT_NAMES = {"model.blocked_composition": "blocked"}
+SHORT_NAMES = {"model.blocked_composition": "blocked", "intervene.clamp_pattern": "clamp"}
+# settings whose value is a mapping that names a condition as a whole (head -> pattern), not
+# one setting per key: a run without a head's key has no clamp there, not a clamp "None"
+WHOLE_MAPPINGS = ("intervene.clamp_pattern",)
 STATES = ("finished", "failed", "interrupted", "incomplete")
 SCHEMA_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
@@ -199,7 +202,7 @@ def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     flat = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and name not in WHOLE_MAPPINGS:
             flat.update(_flatten(value, name + "."))
         else:
             flat[name] = value
@@ -209,6 +212,8 @@ def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 def _format_value(name: str, value: Any) -> str:
     if name == "model.blocked_composition":
         return blocked_label(value or [])
+    if name in WHOLE_MAPPINGS:  # {"L1H0": "induction"} -> L1H0:induction; {} -> none
+        return "+".join(f"{k}:{v}" for k, v in sorted((value or {}).items())) or "none"
     return str(value)
 
 
