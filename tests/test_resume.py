@@ -190,6 +190,34 @@ def test_two_seeds_ctrl_c_then_resume_equals_the_run_never_stopped(reference_two
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.parametrize("window", ["between the seeds' renames", "inside seed 0's renames"])
+def test_a_kill_between_checkpoint_renames_still_resumes_as_the_run_never_stopped(
+        reference_two, tmp_path, window):
+    """Each seed's checkpoint is renamed over its last one in turn (the last one kept as
+    previous.pt): a kill between two renames leaves one seed a checkpoint ahead of the other, or
+    a seed with only previous.pt. The files are set to that state, as a kill there leaves them;
+    resuming takes every seed back to the step they share."""
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *TWO, "train.checkpoint_every=10")
+    wait_for_step(proc, run_dir / "seed1", 100)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    saved = [run_dir / f"seed{seed}" / "checkpoints" for seed in (0, 1)]
+    steps = [checkpoint(d.parent)["step"] for d in saved]
+    if steps[0] == steps[1]:  # the kill came between checkpoints (else it made the state itself)
+        n = steps[0]
+        for d in saved:
+            assert torch.load(d / "previous.pt", weights_only=True)["step"] == n - 10
+        # seed 1 not yet renamed: its last.pt is still the one at n - 10
+        os.replace(saved[1] / "previous.pt", saved[1] / "last.pt")
+        if window == "inside seed 0's renames":  # its last.pt (n - 10) already moved to
+            (saved[0] / "last.pt").unlink()  # previous.pt, the new one not yet in place
+    resumed = run_train(run_dir, *TWO, "train.checkpoint_every=10", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    for seed in (0, 1):
+        assert_same_run(run_dir / f"seed{seed}", reference_two / f"seed{seed}")
+
+
 def test_two_seeds_kill_9_then_resume_equals_the_run_never_stopped(reference_two, tmp_path):
     run_dir = tmp_path / "run"
     proc = start_train(run_dir, *TWO, "train.checkpoint_every=10")

@@ -16,10 +16,12 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return write_all_atomic([(path, write)])[0]
 
 
-def write_all_atomic(items: List[Tuple[str | Path, Callable[[BinaryIO], None]]]) -> List[Path]:
+def write_all_atomic(items: List[Tuple[str | Path, Callable[[BinaryIO], None]]],
+                     previous: str | None = None) -> List[Path]:
     """Every `(path, write)` into its temp file first, then all renamed in a row: files that
     belong together (the checkpoints of a stack's seeds) are replaced together, not one slow
-    write apart."""
+    write apart. With `previous`, each file replaced is first renamed to that name beside it:
+    a kill between two renames leaves every file's earlier version on disk."""
     paths, temps = [Path(p) for p, _ in items], []
     try:
         for path, (_, write) in zip(paths, items):
@@ -29,6 +31,8 @@ def write_all_atomic(items: List[Tuple[str | Path, Callable[[BinaryIO], None]]])
             with os.fdopen(fd, "wb") as f:
                 write(f)
         for tmp, path in zip(temps, paths):
+            if previous is not None and path.exists():
+                os.replace(path, path.with_name(previous))
             os.replace(tmp, path)
     except BaseException as err:
         for tmp in temps:

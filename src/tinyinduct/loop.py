@@ -42,6 +42,7 @@ from .runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     LAST_CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
     RunFileError,
     read_summary,
     save_checkpoints,
@@ -200,6 +201,7 @@ class Loop:
         if not self.seeds:
             raise ConfigError("resume", cfg.resume, "every seed of that run has already ended "
                               "(finished or failed): nothing to continue")
+        self._back_to_one_step()
         self.ended = ended
         self.probe, self.train_batch = eval_batches(cfg, self.device)
         self.stacked = StackedTransformer([s.model for s in self.seeds]).to(self.device)
@@ -214,6 +216,19 @@ class Loop:
         self.start_step = 0
         if self.seeds[0].resumed is not None:
             self._restore()
+
+    def _back_to_one_step(self) -> None:
+        """A kill between the seeds' checkpoint renames leaves some seeds one checkpoint ahead:
+        those resume from their previous checkpoint, at the step of the others."""
+        steps = {s.resumed.step for s in self.seeds if s.resumed is not None}
+        if len(steps) < 2:
+            return
+        for s in self.seeds:
+            if s.resumed is not None and s.resumed.step > min(steps):
+                previous = load_resume_point(s.cfg, s.dir, self.device,
+                                             checkpoint=PREVIOUS_CHECKPOINT)
+                if previous is not None and previous.step == min(steps):
+                    s.resumed = previous
 
     def _ended_seed(self, cfg: RunConfig, directory: Path) -> SeedRun:
         run = SeedRun(cfg, directory, None, None, None)  # type: ignore[arg-type]
@@ -288,7 +303,7 @@ class Loop:
                     s.cfg, model, _Saved(seed_optimizer_state(self.optimizer, k)),
                     self.scheduler, s.data, step, self.loss_sum[k], self.steps_since_eval,
                     s.tracker.wandb_id)))
-        save_checkpoints(states)
+        save_checkpoints(states, keep_previous=self.cfg.train.n_seeds > 1)
         return problems
 
     def check_formed(self, s: SeedRun, step: int) -> None:

@@ -17,7 +17,13 @@ import torch
 from .atomic import write_text_atomic
 from .config import ConfigError, RunConfig, to_dict
 from .data import RepeatedSegmentData
-from .runs import CHECKPOINT_DIR, LAST_CHECKPOINT, checkpoint_state, read_checkpoint
+from .runs import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    checkpoint_state,
+    read_checkpoint,
+)
 from .tracking import METRICS_FILE, read_metrics
 
 # Config fields a resumed run may change: none of them alters what is computed.
@@ -90,16 +96,21 @@ class ResumePoint:
 
 
 def load_resume_point(cfg: RunConfig, run_dir: Path, device: torch.device,
-                      ended: bool = False) -> ResumePoint | None:
-    """The checkpoint `cfg.resume` names, or None for a fresh run; `ConfigError` (field
-    `resume` or `device`) when it is missing, unreadable, finished or from another config."""
+                      ended: bool = False, checkpoint: str = LAST_CHECKPOINT
+                      ) -> ResumePoint | None:
+    """The checkpoint `cfg.resume` names (its `checkpoint` file), or None for a fresh run;
+    `ConfigError` (field `resume` or `device`) when it is missing, unreadable, finished or from
+    another config. A seed killed between renaming its last checkpoint to
+    `PREVIOUS_CHECKPOINT` and the new one into place resumes from the previous one."""
     if not cfg.resume:
         return None
     where = Path(cfg.resume)
     if where.resolve() != Path(run_dir).resolve():
         raise ConfigError("resume", cfg.resume,
                           f"a resumed run writes into the run it continues, not into {run_dir}")
-    path = where / CHECKPOINT_DIR / LAST_CHECKPOINT
+    path = where / CHECKPOINT_DIR / checkpoint
+    if not path.is_file() and (where / CHECKPOINT_DIR / PREVIOUS_CHECKPOINT).is_file():
+        path = where / CHECKPOINT_DIR / PREVIOUS_CHECKPOINT
     if not path.is_file():
         raise ConfigError("resume", cfg.resume, f"no checkpoint at {path}: give the directory "
                           "of a run that wrote one")

@@ -18,6 +18,9 @@ from .tracking import METRICS_FILE, SUMMARY_FILE, read_metrics
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
+# a stack's seed keeps its checkpoint before last.pt: a kill between the seeds' renames leaves
+# each seed with the step of the others in one of the two
+PREVIOUS_CHECKPOINT = "previous.pt"
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
@@ -25,11 +28,15 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     save_checkpoints([(path, state)])
 
 
-def save_checkpoints(items: List[Tuple[Path, Dict[str, Any]]]) -> None:
+def save_checkpoints(items: List[Tuple[Path, Dict[str, Any]]], keep_previous: bool = False
+                     ) -> None:
     """`save_checkpoint` for files that belong together (a stack's seeds): every temp file is
-    written first, then all are renamed in a row, so a kill leaves them at one step."""
+    written first, then all are renamed in a row. With `keep_previous`, each replaced file
+    becomes `PREVIOUS_CHECKPOINT` beside it, so a kill between two renames still leaves every
+    seed a checkpoint at the step the others are at."""
     write_all_atomic([(path, lambda f, state=state: torch.save(state, f))
-                      for path, state in items])
+                      for path, state in items],
+                     previous=PREVIOUS_CHECKPOINT if keep_previous else None)
 
 
 def checkpoint_state(cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
