@@ -250,7 +250,8 @@ def summary_table(bench: dict) -> str:
     profiles = {(r["config"], r["threads"]): r for r in bench.get("profile") or []}
     rows = []
     for r in bench["models"]:
-        profile = profiles.get((r["config"], r["threads"]))
+        profile = profiles.get((r["config"], r["threads"])) or {}
+        floor = (profile.get("floor") or {}).get("total_ms")
         tl = r.get("speedup_vs_transformer_lens")
         kernels = "-"
         if profile and all(profile["parts"][p].get("kernel_fraction_of_matmul_peak") is not None
@@ -261,7 +262,7 @@ def summary_table(bench: dict) -> str:
         rows.append({"config": r["config"], "threads": str(r["threads"]),
                      "tinyinduct / TransformerLens": "-" if tl is None else f"{tl:.2f}x",
                      "step": _ms(r["variants"]["tinyinduct"].get("step_ms")),
-                     "floor": _ms(profile and (profile.get("floor") or {}).get("total_ms")),
+                     "floor": _ms(floor),
                      "step at 2x TransformerLens": _ms(_half_transformer_lens_ms(
                          bench, r["config"], r["threads"])),
                      "matmul kernels (projections, unembedding)": kernels})
