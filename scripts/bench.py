@@ -14,8 +14,9 @@ Measures, in one process, interleaving the variants and taking medians over repe
 2. many seeds at once: a step of K stacked models (`train.n_seeds=K`, data generation included)
    against K sequential single-model steps, as aggregate tokens/s, at the default batch and at
    a quarter of it;
-3. the two attention kernels `causal_attention` chooses between (flash and batched matmuls),
-   forward + backward of one layer at each config's shape, and which one it chooses there;
+3. the attention kernels `causal_attention` chooses between (the native kernel, flash and
+   batched matmuls), forward + backward of one layer at each config's shape, and which one it
+   chooses there;
 4. `torch.compile` of the model's loss against tinyinduct's eager step: the compile's seconds,
    the compiled step, and the steps after which the compile has paid for itself;
 5. time to induction of the default config (a real default run through `tinyinduct.train`) and
@@ -51,11 +52,13 @@ from typing import Any, Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
+from tinyinduct import native_attention
 from tinyinduct.causal_attention import SmallContextAttention, kernel_for
 from tinyinduct.config import DataConfig, LoggerConfig, ModelConfig, RunConfig, TrainConfig
 from tinyinduct.data import RepeatedSegmentData
 from tinyinduct.loop import build_model, make_optimizer, resolve_device
 from tinyinduct.loop import train as train_run
+from tinyinduct.native_attention import NativeAttention
 from tinyinduct.stack import StackedTransformer, next_token_loss, train_step
 from tinyinduct.step_profile import PARTS as STEP_PARTS
 from tinyinduct.step_profile import profile_parts_and_kernels
@@ -338,7 +341,8 @@ def floor_steps(fields: Dict[str, Any], tokens: int,
     the same layers and heads (the same operations on a handful of numbers: the fixed cost of
     dispatching them, the optimizer's included) and one exponential of a `[tokens, d_vocab]`
     tensor (the rate of the softmax's exponentials)."""
-    tiny = {**fields, "d_model": 8, "d_head": 2, "n_ctx": 12, "d_vocab": 8}
+    # head size 8: the smallest the native attention kernel takes, so that it runs here too
+    tiny = {**fields, "d_model": 8, "d_head": 8, "n_ctx": 12, "d_vocab": 8}
     tiny_cfg, tiny_batches = model_batches(tiny, 1, device)
     x = torch.randn(tokens, fields["d_vocab"], device=device)
     out = torch.empty_like(x)
@@ -371,24 +375,29 @@ def attention_steps(batch: int, h: int, p: int, e: int,
     q, k, v = (torch.randn(batch, h, p, e, device=device, requires_grad=True) for _ in range(3))
     grad_z, scale = torch.randn(batch, h, p, e, device=device), e ** -0.5
     flat = [t.view(-1, p, e) for t in (q, k, v, grad_z)]  # views: gradients reach q, k, v
-    return {"flash": lambda: F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=scale).backward(grad_z),
-            "matmuls": lambda: SmallContextAttention.apply(*flat[:3], scale).backward(flat[3])}
+    steps = {"flash": lambda: F.scaled_dot_product_attention(
+                 q, k, v, is_causal=True, scale=scale).backward(grad_z),
+             "matmuls": lambda: SmallContextAttention.apply(*flat[:3], scale).backward(flat[3])}
+    if native_attention.runs_on(device, e, q.dtype):
+        steps["native"] = lambda: NativeAttention.apply(q, k, v, scale).backward(grad_z)
+    return steps
 
 
 def bench_attention(configs, device, threads, timer, repeats) -> List[Dict[str, Any]]:
-    """The two attention kernels at each config's shape, and the one `causal_attention` runs."""
+    """The attention kernels at each config's shape (the native one where it runs), and the one
+    `causal_attention` runs."""
     rows = []
     for name, (fields, batch) in configs.items():
         h, p, e = fields["n_heads"], fields["n_ctx"], fields["d_head"]
         seconds = interleaved_medians(timer, attention_steps(batch, h, p, e, device), repeats)
-        chosen = kernel_for(batch * h, p, device)
+        chosen = kernel_for(batch * h, p, e, device)
         rows.append({"config": name, "threads": threads, "shape": [batch, h, p, e],
-                     "flash_ms": 1e3 * seconds["flash"], "matmuls_ms": 1e3 * seconds["matmuls"],
+                     **{f"{kernel}_ms": 1e3 * seconds[kernel] if kernel in seconds else None
+                        for kernel in ("flash", "matmuls", "native")},
                      "chosen": chosen})
-        print(f"[{threads} thr] {name} attention, forward + backward: flash "
-              f"{1e3 * seconds['flash']:.2f} ms, matmuls {1e3 * seconds['matmuls']:.2f} ms; "
-              f"{chosen} chosen", flush=True)
+        print(f"[{threads} thr] {name} attention, forward + backward: " + ", ".join(
+            f"{kernel} {1e3 * s:.2f} ms" for kernel, s in seconds.items())
+            + f"; {chosen} chosen", flush=True)
     return rows
 
 

@@ -52,8 +52,8 @@ def test_gradcheck():
 
 def test_the_kernel_is_chosen_by_context_length_score_size_and_threads(monkeypatch, two_threads):
     cpu = torch.device("cpu")
-    assert ca.kernel_for(128, 64, cpu) == "matmuls"  # the default shape
-    assert ca.kernel_for(128 * 16, 64, cpu) == "flash"  # 16 stacked default models
+    assert ca.kernel_for(128, 64, 4, cpu) == "matmuls"  # the default shape at head size 4
+    assert ca.kernel_for(128 * 16, 64, 4, cpu) == "flash"  # 16 stacked default models
     calls = []
     monkeypatch.setattr(ca.SmallContextAttention, "apply",
                         lambda *args: calls.append(args[0].shape) or torch.zeros(args[0].shape))

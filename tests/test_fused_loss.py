@@ -9,20 +9,24 @@ from tinyinduct import fused_loss
 from tinyinduct.fused_loss import IGNORE, unembed_mean_cross_entropy
 
 
+# float32 on a CPU takes tinyinduct's softmax + cross-entropy kernel, float64 torch's operations;
+# a vocabulary of 11 and of 24: a tail after the kernel's 8-wide steps, and none
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("v", [11, 24])
 @pytest.mark.parametrize("chunk_floats", [7, 100, 1 << 18])  # many, uneven and one chunk
 @pytest.mark.parametrize("models", [1, 3])
 def test_mean_loss_and_its_precomputed_gradient_equal_plain_cross_entropy(
-        monkeypatch, chunk_floats, models):
+        monkeypatch, chunk_floats, models, v, dtype):
     monkeypatch.setattr(fused_loss, "CHUNK_FLOATS", chunk_floats)
     torch.manual_seed(2)
-    n, d, v = 13, 6, 11
-    resid = torch.randn(models, n, d, dtype=torch.float64, requires_grad=True)
-    W_U = torch.randn(models, d, v, dtype=torch.float64, requires_grad=True)
-    b_U = torch.randn(models, v, dtype=torch.float64, requires_grad=True)
+    n, d = 13, 6
+    resid = torch.randn(models, n, d, dtype=dtype, requires_grad=True)
+    W_U = torch.randn(models, d, v, dtype=dtype, requires_grad=True)
+    b_U = torch.randn(models, v, dtype=dtype, requires_grad=True)
     targets = torch.randint(0, v, (models, n))
     targets[:, -1] = IGNORE
     targets[0, 3] = IGNORE  # model 0 averages over one row fewer
-    weights = torch.rand(models, dtype=torch.float64) + 0.5  # each model's upstream gradient
+    weights = torch.rand(models, dtype=dtype) + 0.5  # each model's upstream gradient
     fused = unembed_mean_cross_entropy(resid, W_U, b_U, targets)
     (fused * weights).sum().backward()
     got = [t.grad.clone() for t in (resid, W_U, b_U)]

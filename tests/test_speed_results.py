@@ -42,7 +42,12 @@ def bench_json() -> dict:
                      "tinyinduct_step_ms": 22.5, "pays_after_steps": 8000.0,
                      "pays_after_steps_recompiled": 800.0}],
         "attention": [{"config": "default", "threads": 2, "shape": [32, 4, 64, 16],
-                       "flash_ms": 5.634, "matmuls_ms": 3.481, "chosen": "matmuls"}],
+                       "flash_ms": 5.634, "matmuls_ms": 3.481, "native_ms": 1.904,
+                       "chosen": "native"},
+                      # written where the native kernel could not run
+                      {"config": "default", "threads": 1, "shape": [32, 4, 64, 16],
+                       "flash_ms": 5.1, "matmuls_ms": 5.2, "native_ms": None,
+                       "chosen": "flash"}],
         "many_seeds": [{"threads": 1, "batch_size": 8, "n_seeds": k, "speedup_vs_sequential": x}
                        for k, x in ((1, 0.97), (8, 1.12))],
         "time_to_induction": {"threads": 2, "phase_change_step": 1050,
@@ -66,7 +71,8 @@ def test_speed_tables_show_the_benchmarks_numbers():
             "28%: 18 GFLOP/s, 10% of peak, 20% of its shape's | 31%: 88 GFLOP/s, 50% of peak, "
             "90% of its shape's | 4% | 6% |") in text
     assert "| 1 | 8 | 0.97x | 1.12x |" in text
-    assert "| default | 2 | 128 x 64 x 16 | 5.63 ms | 3.48 ms | matmuls |" in text
+    assert "| default | 2 | 128 x 64 x 16 | 5.63 ms | 3.48 ms | 1.90 ms | native |" in text
+    assert "| default | 1 | 128 x 64 x 16 | 5.10 ms | 5.20 ms | - | flash |" in text
     assert ("| default | 1 | 50% of its time: 176 GFLOP/s, 100% of peak | 40% of its time: 44 "
             "GFLOP/s, 25% of peak | 62% of its time: 141 GFLOP/s, 80% of peak |") in text
     # the floor beside the step, half of TransformerLens' step, each part beside its floor

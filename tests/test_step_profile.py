@@ -1,10 +1,11 @@
 """The profile of a real training step gives every operation, forward and backward, to the part
 of the step it belongs to, and the parts add up to the step."""
 
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tinyinduct import AttnOnlyTransformer, ModelConfig
+from tinyinduct import AttnOnlyTransformer, ModelConfig, native
 from tinyinduct.stack import StackedTransformer, train_step
 from tinyinduct.step_profile import (
     PARTS,
@@ -26,7 +27,9 @@ def small_step():
     return lambda: train_step(model, optimizer, scheduler, tokens, grad_clip=1.0)
 
 
-def test_forward_and_backward_operations_belong_to_their_part(two_threads):
+@pytest.mark.parametrize("kernels", [True, False], ids=["native", "torch"])
+def test_forward_and_backward_operations_belong_to_their_part(kernels, two_threads, monkeypatch):
+    monkeypatch.setenv(native.SWITCH, "1" if kernels else "0")
     step = small_step()
     step()  # AdamW's state exists: the profiled step is a steady one
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -34,12 +37,19 @@ def test_forward_and_backward_operations_belong_to_their_part(two_threads):
     parts = {}
     for event, name in attribute(prof.events()):
         parts.setdefault(event.name, set()).add(name)
-    # the short-context attention and its backward, both layers (its matmuls and softmax)
-    assert parts["SmallContextAttention"] == {"attention"}
-    assert parts["aten::_softmax_backward_data"] == {"attention"}
-    assert "attention" in parts["aten::bmm"]
+    if kernels:  # the native kernel, forward and backward, is attention's (both layers)
+        for name in ("NativeAttention", "tinyinduct::causal_attention",
+                     "tinyinduct::causal_attention_backward"):
+            assert parts[name] == {"attention"}, name
+    else:  # the short-context attention and its backward (its matmuls and softmax)
+        assert parts["SmallContextAttention"] == {"attention"}
+        assert parts["aten::_softmax_backward_data"] == {"attention"}
+        assert "attention" in parts["aten::bmm"]
     assert parts["aten::embedding_dense_backward"] == {"embedding"}
-    assert "unembed_loss" in parts["aten::_softmax"]
+    if kernels:
+        assert parts["tinyinduct::softmax_cross_entropy"] == {"unembed_loss"}
+    else:  # attention's softmax is one too
+        assert "unembed_loss" in parts["aten::_softmax"]
     assert any(n.startswith("Optimizer.step") and p == {"optimizer"} for n, p in parts.items())
     # the matmuls of each part's backward pass (hand-written autograd functions) go to it
     backward_bmm = {}
@@ -48,7 +58,8 @@ def test_forward_and_backward_operations_belong_to_their_part(two_threads):
             backward_bmm.setdefault(event.cpu_parent.name, set()).add(name)
     assert backward_bmm["_ProjectHeadsBackward"] == {"projections"}
     assert backward_bmm["_ProjectOutBackward"] == {"projections"}
-    assert backward_bmm["SmallContextAttentionBackward"] == {"attention"}
+    if not kernels:
+        assert backward_bmm["SmallContextAttentionBackward"] == {"attention"}
     # the residual adds belong to no part ("other")
     assert None in parts["aten::add"]
 

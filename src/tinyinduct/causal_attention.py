@@ -1,5 +1,9 @@
 """Causal self-attention of the training step's fused path, the kernel chosen by shape.
 
+Where it runs (float32 on a CPU, head size 8 or 16, `native_attention`), tinyinduct's own C++
+kernel: one pass over each sequence's head in cache, its pattern never written out. Elsewhere
+torch's kernels, between which the rest of this note chooses.
+
 `scaled_dot_product_attention`'s CPU flash kernel walks the keys in blocks and recomputes the
 scores and their exponentials in its backward pass. `SmallContextAttention` instead writes each
 head's whole score matrix with batched matmuls and keeps one softmax for the backward pass.
@@ -18,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from . import native_attention
 
 SMALL_CONTEXT = 64  # the longest context given to SmallContextAttention on a CPU
 SMALL_SCORES = 1 << 22  # the most score elements (sequences x n_ctx^2) it writes in one layer
@@ -48,19 +54,28 @@ class SmallContextAttention(torch.autograd.Function):
                 torch.bmm(pattern.transpose(1, 2), grad_z), None)
 
 
-def kernel_for(sequences: int, n_ctx: int, device: torch.device) -> str:
-    """The kernel `causal_attention` runs for `sequences` (batch x heads) of `n_ctx` positions on
-    this device with the current torch threads: "matmuls" (`SmallContextAttention`) or "flash"
+def kernel_for(sequences: int, n_ctx: int, d_head: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> str:
+    """The kernel `causal_attention` runs for `sequences` (batch x heads) of `n_ctx` positions
+    and head size `d_head` on this device with the current torch threads: "native"
+    (`native_attention.NativeAttention`), "matmuls" (`SmallContextAttention`) or "flash"
     (`scaled_dot_product_attention`)."""
+    if native_attention.runs_on(device, d_head, dtype):
+        return "native"
     small = n_ctx <= SMALL_CONTEXT and sequences * n_ctx * n_ctx <= SMALL_SCORES
     return ("matmuls" if device.type == "cpu" and small and torch.get_num_threads() > 1
             else "flash")
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     scale: float) -> torch.Tensor:  # [N, h, p, e] each -> z [N, h, p, e]
-    """Causal attention of every head of every sequence, by the kernel that is faster here."""
-    if kernel_for(q.shape[:-2].numel(), q.shape[-2], q.device) == "flash":
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                     kernel: str | None = None) -> torch.Tensor:  # [N, h, p, e] -> z [N, h, p, e]
+    """Causal attention of every head of every sequence, by `kernel` (one of `kernel_for`'s
+    names; by default the one that is faster here)."""
+    if kernel is None:
+        kernel = kernel_for(q.shape[:-2].numel(), q.shape[-2], q.shape[-1], q.device, q.dtype)
+    if kernel == "native":
+        return native_attention.NativeAttention.apply(q, k, v, scale)
+    if kernel == "flash":
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     shape = q.shape
     z = SmallContextAttention.apply(*(t.reshape(-1, *shape[-2:]) for t in (q, k, v)), scale)

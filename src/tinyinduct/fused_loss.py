@@ -7,13 +7,18 @@ A training step wants only each model's mean loss, whose gradient is a scalar (t
 gradient) times a fixed tensor: so each chunk of rows is unembedded, reduced to its loss, turned
 in place into its gradient (softmax - onehot, over the rows) while it is in cache, passed through
 the two gradient matmuls and dropped. Nothing is recomputed; the backward pass only scales the
-gradients kept. The function is the same as `cross_entropy(resid @ W_U + b_U, targets)` (tested).
+gradients kept. Where tinyinduct's CPU kernels run (`native`), one of them turns a chunk of
+logits into its gradient and its rows' losses in one pass per row (bias, maximum, exponentials,
+softmax - onehot, loss); elsewhere torch's operations do it in several. The function is the same
+as `cross_entropy(resid @ W_U + b_U, targets)` (tested).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from . import native
 
 IGNORE = -100  # a target that contributes no loss (cross_entropy's ignore_index)
 CHUNK_FLOATS = 1 << 18  # logits per chunk on a CPU (1 MiB of float32): stays in cache
@@ -37,20 +42,30 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
             grad_resid = torch.empty_like(resid)
             grad_W = torch.zeros_like(W_U)
             grad_b = torch.zeros_like(b_U)
+        kernel = native.extension() if native.runs_on(resid) else None
         for c in _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2], resid.device):
-            logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)  # [G, rows, V]
             target, w = safe[:, c, None], weight[:, c, None]
-            picked, top = logits.gather(-1, target), logits.amax(-1, keepdim=True)
-            # one softmax pass (one exp per logit, the costly part on a CPU) gives both the
-            # gradient and the log-sum-exp: the largest logit's probability is
-            # 1 / sum(exp(logits - top)), at least 1 / V, so its log never underflows
-            g = torch.softmax(logits, -1)
-            loss += ((top - g.amax(-1, keepdim=True).log() - picked) * w).sum((1, 2))
+            if kernel is not None:  # the chunk becomes softmax - onehot(target) in place
+                g = torch.bmm(resid[:, c], W_U)  # [G, rows, V]
+                row_loss = torch.empty(target.shape[:2], dtype=g.dtype, device=g.device)
+                with native.profiled("tinyinduct::softmax_cross_entropy"):
+                    kernel.softmax_cross_entropy(g, b_U.contiguous(), target.squeeze(-1)
+                                                 .contiguous(), row_loss)
+                loss += (row_loss * w.squeeze(-1)).sum(1)
+            else:
+                logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)  # [G, rows, V]
+                picked, top = logits.gather(-1, target), logits.amax(-1, keepdim=True)
+                # one softmax pass (one exp per logit, the costly part on a CPU) gives both the
+                # gradient and the log-sum-exp: the largest logit's probability is
+                # 1 / sum(exp(logits - top)), at least 1 / V, so its log never underflows
+                g = torch.softmax(logits, -1)
+                loss += ((top - g.amax(-1, keepdim=True).log() - picked) * w).sum((1, 2))
+                if with_grad:
+                    g.scatter_add_(-1, target, torch.full_like(picked, -1.0))
             if not with_grad:
                 continue
             # d mean loss / d logits = (softmax - onehot(target)) * w, w = 1 / rows (0 where
             # ignored): w scales the matmuls' narrow operands, not the chunk
-            g.scatter_add_(-1, target, torch.full_like(picked, -1.0))
             grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2)).mul_(w)
             grad_W.baddbmm_((resid[:, c] * w).transpose(1, 2), g)
             grad_b.unsqueeze(1).baddbmm_(w.transpose(1, 2), g)

@@ -33,7 +33,7 @@ import torch
 from einops import repeat
 from torch import nn
 
-from .causal_attention import causal_attention
+from .causal_attention import causal_attention, kernel_for
 from .config import ModelConfig
 from .head_projections import project_heads, project_out
 from .hooks import (
@@ -125,7 +125,9 @@ def fused_attention(
     skipped rather than added."""
     single = inputs[0].dim() == 3  # one model: a model axis of 1 (views)
     lead = (lambda t: t[None]) if single else (lambda t: t)
-    n_heads = weights[0].shape[-3]
+    G, batch, pos = lead(inputs[0]).shape[:3]
+    n_heads, d_head = weights[0].shape[-3], weights[0].shape[-1]
+    kernel = kernel_for(G * batch * n_heads, pos, d_head, inputs[0].device, inputs[0].dtype)
     qkv: list = [None, None, None]
     with part("projections"):
         for i, x in enumerate(inputs):
@@ -134,14 +136,13 @@ def fused_attention(
             same = [j for j in range(i, 3) if inputs[j] is x]
             heads = project_heads(lead(x), tuple(lead(weights[j]) for j in same),
                                   None if biases is None else
-                                  tuple(lead(biases[j]) for j in same))
+                                  tuple(lead(biases[j]) for j in same),
+                                  layout="rows" if kernel == "native" else "heads")
             for j, y in zip(same, heads):
-                qkv[j] = y  # [G * b * h, p, e]
-    q, k, v = (t.view(-1, n_heads, *t.shape[-2:]) for t in qkv)
+                qkv[j] = y  # [G * b, h, p, e]
     with part("attention"):
-        z = causal_attention(q, k, v, scale)  # [G * b, h, p, e]
+        z = causal_attention(*qkv, scale, kernel=kernel)  # [G * b, h, p, e]
     with part("projections"):
-        G = lead(inputs[0]).shape[0]
         out = project_out(z.reshape(G, -1, *z.shape[1:]), lead(weights[3]),
                           None if biases is None else lead(biases[3]))
         return out[0] if single else out

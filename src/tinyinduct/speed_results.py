@@ -161,12 +161,15 @@ def compile_table(bench: dict) -> str:
 
 def attention_table(bench: dict) -> str:
     columns = ("config", "threads", "sequences x positions x head size", "flash kernel",
-               "batched matmuls", "chosen")
+               "batched matmuls", "native kernel", "chosen")
+    # results written before the native kernel have no "native_ms"; where it cannot run, None
     rows = [{"config": r["config"], "threads": str(r["threads"]),
              "sequences x positions x head size":
                  f"{r['shape'][0] * r['shape'][1]} x {r['shape'][2]} x {r['shape'][3]}",
              "flash kernel": f"{r['flash_ms']:.2f} ms",
              "batched matmuls": f"{r['matmuls_ms']:.2f} ms",
+             "native kernel": ("-" if r.get("native_ms") is None
+                               else f"{r['native_ms']:.2f} ms"),
              "chosen": r["chosen"]} for r in bench["attention"]]
     return markdown_rows(rows, columns)
 
@@ -199,7 +202,7 @@ def render_speed(results: dict) -> str:
         if any(part.get("kernel_share") is not None
                for r in bench["profile"] for part in r["parts"].values()):
             parts += ["Inside those parts: the share of each part's time spent in its matmul "
-                      "kernels (for attention on the flash path, the flash kernel), and their "
+                      "kernels (for attention, the native or flash kernel it runs), and their "
                       "rate there; the rest is copies into layouts, elementwise work such as "
                       "the softmax, allocation and the dispatch of small operations:",
                       kernels_table(bench)]
@@ -214,8 +217,9 @@ def render_speed(results: dict) -> str:
                       "the first table, and each part's time with its own floor:",
                       floor_table(bench)]
     if bench.get("attention"):
-        parts += ["Attention, forward + backward of one layer at each config's shape, by the two "
-                  "kernels `causal_attention` chooses between, and the one it runs there:",
+        parts += ["Attention, forward + backward of one layer at each config's shape, by each "
+                  "kernel `causal_attention` chooses between (tinyinduct's native kernel where "
+                  "it runs) and the one it runs there:",
                   attention_table(bench)]
     if bench.get("compile"):
         parts += ["`torch.compile` of the model's loss (forward and backward; the model takes "

@@ -18,12 +18,14 @@ from torch.autograd.profiler import record_function
 
 # forward + backward of each; "optimizer" is gradient clipping, AdamW and the schedule
 PARTS = ("embedding", "projections", "attention", "unembed_loss", "optimizer")
-# the operations that do a part's multiply-adds (matmuls, and the flash attention kernel, whose
-# matmuls and softmax are one operation); the rest of a part is copies, elementwise work,
-# allocation and the dispatch of small operations
+# the operations that do a part's multiply-adds (matmuls, and the flash and native attention
+# kernels, whose matmuls and softmax are one operation); the rest of a part is copies,
+# elementwise work, allocation and the dispatch of small operations
 KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::baddbmm_",
            "aten::_scaled_dot_product_flash_attention_for_cpu",
-           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+           "tinyinduct::causal_attention", "tinyinduct::causal_attention_backward")
+
 STEP = "training_step"
 BACKWARD = "backward"  # a marker, not a part
 

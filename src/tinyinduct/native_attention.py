@@ -1,0 +1,83 @@
+"""Causal attention by tinyinduct's C++ kernel (`native`), for float32 on a CPU at head sizes 8
+and 16.
+
+At these head sizes a score matmul's inner dimension is 8 or 16, too short for a BLAS call to
+pay for its setup, and the flash kernel spends most of its time outside multiply-adds. The
+kernel takes one sequence's head at a time into buffers that stay in cache, writes the causal
+scores with a register-blocked loop, and never writes the pattern out: the forward pass keeps
+each row's log-sum-exp and the backward pass recomputes the pattern from it.
+
+`NativeAttention` takes q, k, v `[N, heads, positions, head size]` with any strides (the last one
+1) and returns z the same, stored as `[N, positions, heads, head size]` rows: the projections read
+and write that layout without a copy. Its gradients come back in the layout of its inputs: when q,
+k and v are the slots of one rows buffer (`head_projections.rows_buffer`), so are their gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import native
+from .head_projections import rows_buffer
+
+HEAD_SIZES = (8, 16)
+
+
+def runs_on(device: torch.device, d_head: int, dtype: torch.dtype) -> bool:
+    """Whether `causal_attention` can run the native kernel for these tensors."""
+    return (device.type == "cpu" and dtype == torch.float32 and d_head in HEAD_SIZES
+            and native.extension() is not None)
+
+
+def _rows_like(t: torch.Tensor) -> torch.Tensor:
+    """An empty `[N, heads, positions, head size]` tensor stored as rows `[N, positions, heads,
+    head size]`."""
+    N, h, p, e = t.shape
+    return torch.empty(N, p, h, e, dtype=t.dtype, device=t.device).transpose(1, 2)
+
+
+def _gradients_like(inputs) -> list:
+    """Empty tensors for the inputs' gradients: inputs that are the slots of one rows buffer get
+    the slots of one new buffer; any other input its own rows."""
+    grads, i = [], 0
+    while i < len(inputs):
+        j = len(inputs)
+        while j > i + 1 and rows_buffer(inputs[i:j]) is None:
+            j -= 1
+        buffer = rows_buffer(inputs[i:j]) if j > i + 1 else None
+        if buffer is None:
+            grads.append(_rows_like(inputs[i]))
+        else:
+            fresh = torch.empty_like(buffer)
+            grads += [fresh.as_strided(t.shape, t.stride(), t.storage_offset())
+                      for t in inputs[i:j]]
+        i = j if buffer is not None else i + 1
+    return grads
+
+
+class NativeAttention(torch.autograd.Function):
+    """`softmax(q k^T * scale + causal mask) v`; the pattern is recomputed in the backward pass
+    from each row's log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        ext = native.extension()
+        z = _rows_like(q)
+        lse = torch.empty(q.shape[0] * q.shape[1], q.shape[2], dtype=q.dtype, device=q.device)
+        with native.profiled("tinyinduct::causal_attention"):
+            ext.attention_forward(q, k, v, scale, z, lse)
+        ctx.save_for_backward(q, k, v, lse)
+        ctx.scale = scale
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z):
+        q, k, v, lse = ctx.saved_tensors
+        if grad_z.stride(-1) != 1:
+            grad_z = grad_z.contiguous()
+        grads = _gradients_like((q, k, v))
+        with native.profiled("tinyinduct::causal_attention_backward"):
+            native.extension().attention_backward(grad_z, q, k, v, lse, ctx.scale, *grads)
+        return (*grads, None)
