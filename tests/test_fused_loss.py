@@ -83,3 +83,14 @@ def test_a_confident_wrong_model_gets_its_full_loss():
     assert all(torch.isfinite(t.grad).all() for t in (resid, W_U, b_U))
     plain = F.cross_entropy(resid[0] @ W_U[0] + b_U[0], targets[0])
     torch.testing.assert_close(loss[0], plain)
+
+
+def test_a_non_finite_input_gives_a_non_finite_loss():
+    """float32 takes the fast-math softmax kernel: a NaN or an infinity in one row still makes
+    the loss non-finite (the training loop's non-finite guard relies on it)."""
+    torch.manual_seed(0)
+    resid, W_U, b_U = torch.randn(1, 10, 8), torch.randn(1, 8, 24), torch.randn(1, 24)
+    targets = torch.randint(0, 24, (1, 10))
+    for bad in (float("nan"), float("inf")):
+        resid[0, 4, 2] = bad
+        assert not unembed_mean_cross_entropy(resid, W_U, b_U, targets).isfinite().any(), bad

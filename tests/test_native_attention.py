@@ -36,7 +36,7 @@ def threads(request):
 
 @built
 @pytest.mark.parametrize("d_head", [8, 16])
-@pytest.mark.parametrize("n_ctx", [1, 3, 16, 17, 64, 130])  # padding to 4 and 16 rows, and not
+@pytest.mark.parametrize("n_ctx", [1, 3, 16, 17, 64, 65, 130])  # padding; pattern kept to 64
 def test_value_and_gradient_equal_torch_attention(n_ctx, d_head, threads):
     torch.manual_seed(n_ctx)
     q, k, v = (torch.randn(3, 2, n_ctx, d_head, requires_grad=True) for _ in range(3))
@@ -96,6 +96,8 @@ def test_the_native_kernel_runs_where_it_can(monkeypatch):
     assert ca.kernel_for(128, 64, 8, CPU) == "native"
     assert ca.kernel_for(128, 64, 4, CPU) != "native"  # head size 4: torch's kernels
     assert ca.kernel_for(128, 64, 16, CPU, torch.float64) != "native"
+    assert ca.kernel_for(4, native_attention.MAX_CONTEXT, 16, CPU) == "native"
+    assert ca.kernel_for(4, native_attention.MAX_CONTEXT + 1, 16, CPU) == "flash"
     monkeypatch.setenv(native.SWITCH, "0")
     assert ca.kernel_for(128, 64, 16, CPU) != "native"
     q, k, v = (torch.randn(2, 2, 9, 16) for _ in range(3))
@@ -119,4 +121,20 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_torch_runs(monkeypatch):
     with pytest.warns(RuntimeWarning, match="could not be built .*no C\\+\\+ compiler found"):
         assert ca.kernel_for(128, 64, 16, CPU) in ("matmuls", "flash")
     assert native.extension() is None  # tried once: no second attempt, no warning
-    assert not native_attention.runs_on(CPU, 16, torch.float32)
+    assert not native_attention.runs_on(CPU, 16, torch.float32, 64)
+
+
+@built
+@pytest.mark.parametrize("n_ctx", [20, 100])  # the pattern kept, and recomputed
+def test_a_non_finite_key_reaches_exactly_the_queries_that_see_it(n_ctx):
+    """The kernels are compiled with fast math; a NaN or an infinity must still come out where
+    torch's kernel gives it (the training loop's non-finite guard relies on it): a NaN key makes
+    every later query's output NaN, an infinite one those whose score it makes +inf."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, n_ctx, 16) for _ in range(3))
+    for bad in (float("nan"), float("inf")):
+        k[0, 1, 7, 3] = bad
+        z = NativeAttention.apply(q, k, v, 0.25)
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25)
+        assert torch.equal(z.isfinite(), want.isfinite()), bad
+        assert not z[0, 1, 7:].isfinite().all() and z[0, 1, :7].isfinite().all(), bad

@@ -1,8 +1,8 @@
 """Causal self-attention of the training step's fused path, the kernel chosen by shape.
 
-Where it runs (float32 on a CPU, head size 8 or 16, `native_attention`), tinyinduct's own C++
-kernel: one pass over each sequence's head in cache, its pattern never written out. Elsewhere
-torch's kernels, between which the rest of this note chooses.
+Where it runs (float32 on a CPU, head size 8 or 16, n_ctx up to 1,024: `native_attention`),
+tinyinduct's own C++ kernel: one pass over each sequence's head in cache, its pattern never
+written out. Elsewhere torch's kernels, between which the rest of this note chooses.
 
 `scaled_dot_product_attention`'s CPU flash kernel walks the keys in blocks and recomputes the
 scores and their exponentials in its backward pass. `SmallContextAttention` instead writes each
@@ -60,7 +60,7 @@ def kernel_for(sequences: int, n_ctx: int, d_head: int, device: torch.device,
     and head size `d_head` on this device with the current torch threads: "native"
     (`native_attention.NativeAttention`), "matmuls" (`SmallContextAttention`) or "flash"
     (`scaled_dot_product_attention`)."""
-    if native_attention.runs_on(device, d_head, dtype):
+    if native_attention.runs_on(device, d_head, dtype, n_ctx):
         return "native"
     small = n_ctx <= SMALL_CONTEXT and sequences * n_ctx * n_ctx <= SMALL_SCORES
     return ("matmuls" if device.type == "cpu" and small and torch.get_num_threads() > 1

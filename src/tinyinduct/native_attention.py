@@ -3,9 +3,11 @@ and 16.
 
 At these head sizes a score matmul's inner dimension is 8 or 16, too short for a BLAS call to
 pay for its setup, and the flash kernel spends most of its time outside multiply-adds. The
-kernel takes one sequence's head at a time into buffers that stay in cache, writes the causal
-scores with a register-blocked loop, and never writes the pattern out: the forward pass keeps
-each row's log-sum-exp and the backward pass recomputes the pattern from it.
+kernel takes one sequence's head at a time into buffers that stay in cache and writes the causal
+scores with a register-blocked loop. Up to n_ctx `SAVED_PATTERN_CONTEXT` the forward pass keeps
+the pattern for the backward pass; above it the pattern never leaves the thread: the forward
+pass keeps each row's log-sum-exp and the backward pass recomputes the pattern from it (a kept
+pattern costs more in fresh memory there than its exponentials).
 
 `NativeAttention` takes q, k, v `[N, heads, positions, head size]` with any strides (the last one
 1) and returns z the same, stored as `[N, positions, heads, head size]` rows: the projections read
@@ -22,12 +24,18 @@ from . import native
 from .head_projections import rows_buffer
 
 HEAD_SIZES = (8, 16)
+# each thread holds two [n_ctx, n_ctx] score buffers (4 MB each at 1,024): longer contexts, whose
+# buffers would leave the cache, go to the flash kernel
+MAX_CONTEXT = 1024
+# measured (forward + backward of one layer, 1 and 2 threads): at n_ctx 64 reading a kept
+# pattern beats recomputing it by 15-20%, from 128 sequences to 1,024; at 128 it is a wash
+SAVED_PATTERN_CONTEXT = 64
 
 
-def runs_on(device: torch.device, d_head: int, dtype: torch.dtype) -> bool:
+def runs_on(device: torch.device, d_head: int, dtype: torch.dtype, n_ctx: int) -> bool:
     """Whether `causal_attention` can run the native kernel for these tensors."""
     return (device.type == "cpu" and dtype == torch.float32 and d_head in HEAD_SIZES
-            and native.extension() is not None)
+            and n_ctx <= MAX_CONTEXT and native.extension() is not None)
 
 
 def _rows_like(t: torch.Tensor) -> torch.Tensor:
@@ -57,27 +65,31 @@ def _gradients_like(inputs) -> list:
 
 
 class NativeAttention(torch.autograd.Function):
-    """`softmax(q k^T * scale + causal mask) v`; the pattern is recomputed in the backward pass
-    from each row's log-sum-exp."""
+    """`softmax(q k^T * scale + causal mask) v`; the backward pass reads the kept pattern, or
+    above `SAVED_PATTERN_CONTEXT` recomputes it from each row's log-sum-exp."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
-        ext = native.extension()
+        N, h, p, _ = q.shape
         z = _rows_like(q)
-        lse = torch.empty(q.shape[0] * q.shape[1], q.shape[2], dtype=q.dtype, device=q.device)
+        lse = torch.empty(N * h, p, dtype=q.dtype, device=q.device)
+        padded = -(-p // 16) * 16
+        pattern = torch.empty((N * h, padded, padded) if p <= SAVED_PATTERN_CONTEXT else 0,
+                              dtype=q.dtype, device=q.device)
         with native.profiled("tinyinduct::causal_attention"):
-            ext.attention_forward(q, k, v, scale, z, lse)
-        ctx.save_for_backward(q, k, v, lse)
+            native.extension().attention_forward(q, k, v, scale, z, lse, pattern)
+        ctx.save_for_backward(q, k, v, lse, pattern)
         ctx.scale = scale
         return z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z):
-        q, k, v, lse = ctx.saved_tensors
+        q, k, v, lse, pattern = ctx.saved_tensors
         if grad_z.stride(-1) != 1:
             grad_z = grad_z.contiguous()
         grads = _gradients_like((q, k, v))
         with native.profiled("tinyinduct::causal_attention_backward"):
-            native.extension().attention_backward(grad_z, q, k, v, lse, ctx.scale, *grads)
+            native.extension().attention_backward(grad_z, q, k, v, lse, ctx.scale, *grads,
+                                                  pattern)
         return (*grads, None)

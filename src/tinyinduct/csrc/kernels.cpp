@@ -6,8 +6,9 @@
 // pay for its setup, and the flash kernel spends most of its time outside multiply-adds. Here one
 // sequence's head at a time (threads share the sequences) is gathered into small zero-padded
 // buffers that stay in cache, its causal scores are written by a 4 x 16 register-blocked kernel,
-// the softmax uses a vectorised exponential, and the pattern never leaves the thread: the
-// forward pass keeps each row's log-sum-exp and the backward pass recomputes the pattern from it.
+// the softmax uses a vectorised exponential. The forward pass keeps each row's log-sum-exp, and
+// the pattern either in `pat` ([B*H, P16, P16], P16 = P rounded up to 16) for the backward pass
+// to read, or, where `pat` is empty, nowhere: the backward pass then recomputes it.
 // Every tensor is [batch, heads, positions, head size] with any strides but a contiguous last
 // dimension, so the projections' row layout is read and written in place.
 //
@@ -133,12 +134,13 @@ static inline void pattern_rows(const float* Qs, const float* KT, int64_t i0, in
 // z <- softmax(q k^T * scale, causal) v, lse [B*H, P] <- each row's log-sum-exp
 template <int E>
 static void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float scale,
-                         torch::Tensor& z, torch::Tensor& lse) {
+                         torch::Tensor& z, torch::Tensor& lse, torch::Tensor& pat) {
   const int64_t B = q.size(0), H = q.size(1), P = q.size(2), Pp = up(P, 16);
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2), ks0 = k.stride(0), ks1 = k.stride(1),
                 ks2 = k.stride(2), vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   float *zp = z.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  float* patp = pat.numel() ? pat.data_ptr<float>() : nullptr;
   const int64_t zs0 = z.stride(0), zs1 = z.stride(1), zs2 = z.stride(2);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> Qs(Pp * E), KT(E * Pp), V(Pp * E), S(Pp * Pp), o(4 * E);
@@ -147,10 +149,11 @@ static void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const t
       gather<E>({qp + b * qs0 + h * qs1, qs2}, P, scale, Qs.data(), Pp);
       gather_t<E>({kp + b * ks0 + h * ks1, ks2}, P, KT.data(), Pp);
       gather<E>({vp + b * vs0 + h * vs1, vs2}, P, 1.f, V.data(), Pp);
+      float* Sn = patp ? patp + n * Pp * Pp : S.data();
       for (int64_t i0 = 0; i0 < P; i0 += 4) {
-        pattern_rows<E>(Qs.data(), KT.data(), i0, P, Pp, S.data(), nullptr, lp + n * P);
+        pattern_rows<E>(Qs.data(), KT.data(), i0, P, Pp, Sn, nullptr, lp + n * P);
         const int64_t i1 = std::min(i0 + 4, P);
-        cy_4<E>(S.data() + i0 * Pp, Pp, 1, V.data(), 0, i1, o.data());
+        cy_4<E>(Sn + i0 * Pp, Pp, 1, V.data(), 0, i1, o.data());
         scatter<E>(o.data(), i0, i1, zp + b * zs0 + h * zs1, zs2);
       }
     }
@@ -161,7 +164,7 @@ static void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const t
 template <int E>
 static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const torch::Tensor& k,
                           const torch::Tensor& v, const torch::Tensor& lse, float scale, torch::Tensor& dq,
-                          torch::Tensor& dk, torch::Tensor& dv) {
+                          torch::Tensor& dk, torch::Tensor& dv, const torch::Tensor& pat) {
   const int64_t B = q.size(0), H = q.size(1), P = q.size(2), Pp = up(P, 16);
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(),
               *gp = gz.data_ptr<float>(), *lp = lse.data_ptr<float>();
@@ -169,6 +172,7 @@ static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const
                 ks2 = k.stride(2), vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2), gs0 = gz.stride(0),
                 gs1 = gz.stride(1), gs2 = gz.stride(2);
   float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+  const float* patp = pat.numel() ? pat.data_ptr<float>() : nullptr;
   const int64_t os0[3] = {dq.stride(0), dk.stride(0), dv.stride(0)}, os1[3] = {dq.stride(1), dk.stride(1), dv.stride(1)},
                 os2[3] = {dq.stride(2), dk.stride(2), dv.stride(2)};
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -183,12 +187,13 @@ static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const
       gather<E>(kr, P, 1.f, K.data(), Pp);
       gather_t<E>({vp + b * vs0 + h * vs1, vs2}, P, VT.data(), Pp);
       gather<E>({gp + b * gs0 + h * gs1, gs2}, P, 1.f, G.data(), Pp);
+      const float* Sn = patp ? patp + n * Pp * Pp : S.data();
       for (int64_t i0 = 0; i0 < P; i0 += 4) {
-        pattern_rows<E>(Qs.data(), KT.data(), i0, P, Pp, S.data(), lp + n * P, nullptr);
+        if (!patp) pattern_rows<E>(Qs.data(), KT.data(), i0, P, Pp, S.data(), lp + n * P, nullptr);
         for (int64_t jb = 0; jb < i0 + 4; jb += 16) abt_4x16<E>(G.data() + i0 * E, VT.data() + jb, Pp, D.data() + i0 * Pp + jb, Pp);
         for (int64_t i = i0; i < i0 + 4; ++i) {  // the scores' gradient, scaled as they were
           float* d = D.data() + i * Pp;
-          const float* p = S.data() + i * Pp;
+          const float* p = Sn + i * Pp;
           if (i >= P) { std::fill(d, d + Pp, 0.f); continue; }
           const int64_t lenp = up(i + 1, 8);
           v8 dot8 = {};
@@ -206,7 +211,7 @@ static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const
         const int64_t j1 = std::min(j0 + 4, P);
         cy_4<E>(D.data() + j0, 1, Pp, Q.data(), j0, P, o.data());
         scatter<E>(o.data(), j0, j1, dkp + b * os0[1] + h * os1[1], os2[1]);
-        cy_4<E>(S.data() + j0, 1, Pp, G.data(), j0, P, o.data());
+        cy_4<E>(Sn + j0, 1, Pp, G.data(), j0, P, o.data());
         scatter<E>(o.data(), j0, j1, dvp + b * os0[2] + h * os1[2], os2[2]);
       }
     }
@@ -269,24 +274,25 @@ static void check(const torch::Tensor& t, const torch::Tensor& like, const char*
               " must be [batch, heads, positions, head size] like q, with a contiguous last dimension");
 }
 
-// z, lse: outputs ([B, H, P, E] and [B*H, P]), written in place
+// z, lse, pat: outputs ([B, H, P, E], [B*H, P], and [B*H, P16, P16] or empty), written in place
 void attention_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, torch::Tensor z,
-                       torch::Tensor lse) {
+                       torch::Tensor lse, torch::Tensor pat) {
   check(q, q, "q"); check(k, q, "k"); check(v, q, "v"); check(z, q, "z");
   TORCH_CHECK(lse.is_contiguous() && lse.numel() == q.size(0) * q.size(1) * q.size(2), "lse must be [B*H, P]");
   const int64_t E = q.size(3);
-  if (E == 16) forward_impl<16>(q, k, v, (float)scale, z, lse);
-  else if (E == 8) forward_impl<8>(q, k, v, (float)scale, z, lse);
+  if (E == 16) forward_impl<16>(q, k, v, (float)scale, z, lse, pat);
+  else if (E == 8) forward_impl<8>(q, k, v, (float)scale, z, lse, pat);
   else TORCH_CHECK(false, "head size must be 8 or 16, not ", E);
 }
 
-// dq, dk, dv: outputs like q, written in place
+// dq, dk, dv: outputs like q, written in place; pat: the forward pass's, or empty
 void attention_backward(torch::Tensor grad_z, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                        torch::Tensor lse, double scale, torch::Tensor dq, torch::Tensor dk, torch::Tensor dv) {
+                        torch::Tensor lse, double scale, torch::Tensor dq, torch::Tensor dk, torch::Tensor dv,
+                        torch::Tensor pat) {
   check(grad_z, q, "grad_z"); check(k, q, "k"); check(v, q, "v");
   check(dq, q, "dq"); check(dk, q, "dk"); check(dv, q, "dv");
   const int64_t E = q.size(3);
-  if (E == 16) backward_impl<16>(grad_z, q, k, v, lse, (float)scale, dq, dk, dv);
-  else if (E == 8) backward_impl<8>(grad_z, q, k, v, lse, (float)scale, dq, dk, dv);
+  if (E == 16) backward_impl<16>(grad_z, q, k, v, lse, (float)scale, dq, dk, dv, pat);
+  else if (E == 8) backward_impl<8>(grad_z, q, k, v, lse, (float)scale, dq, dk, dv, pat);
   else TORCH_CHECK(false, "head size must be 8 or 16, not ", E);
 }
