@@ -378,7 +378,7 @@ def attention_steps(batch: int, h: int, p: int, e: int,
     steps = {"flash": lambda: F.scaled_dot_product_attention(
                  q, k, v, is_causal=True, scale=scale).backward(grad_z),
              "matmuls": lambda: SmallContextAttention.apply(*flat[:3], scale).backward(flat[3])}
-    if native_attention.runs_on(device, e, q.dtype):
+    if native_attention.runs_on(device, e, q.dtype, p):
         steps["native"] = lambda: NativeAttention.apply(q, k, v, scale).backward(grad_z)
     return steps
 

@@ -105,3 +105,16 @@ def test_readme_speed_table_puts_the_floor_beside_the_step():
     # kernels of the projections (176 / 176) and of the unembedding (140.8 / 176)
     assert ("| default | 1 | 2.00x | 29.3 ms | 16.5 ms | 29.3 ms | 100%, 80% of peak |"
             in text)
+
+
+def test_readme_speed_table_says_where_2x_was_met():
+    """Met: every thread count at 2x or more (2.00x counts); missed: any one below."""
+    bench = bench_json()
+    default = bench["models"][0]
+    bench["models"] += [{**default, "threads": 2, "speedup_vs_transformer_lens": 1.95},
+                        {**default, "config": "long", "speedup_vs_transformer_lens": 4.5}]
+    text = render("speed_summary", {"speed": {"command": "python scripts/reproduce.py --only "
+                                                        "speed", "bench": bench}})
+    assert text.endswith("At least 2x TransformerLens on every thread count: long (1 thread "
+                         "4.50x). Below 2x on at least one: default (1 thread 2.00x, 2 threads "
+                         "1.95x).")

@@ -193,7 +193,7 @@ def render_speed(results: dict) -> str:
     if bench.get("models"):
         parts += [f"Training step, tokens/s (medians of interleaved blocks; GFLOP/s by the "
                   f"formula above, as a share of the matmul peak measured in the same run: "
-                  f"{_peak_text(bench)}):", step_table(bench)]
+                  f"{_peak_text(bench)}):", step_table(bench), target_line(bench)]
     if bench.get("profile"):
         parts += ["Where tinyinduct's step goes (`--parts profile`): each part's share of the "
                   "step, and for the parts made of matmuls their GFLOP/s, as a share of the "
@@ -273,7 +273,30 @@ def summary_table(bench: dict) -> str:
     return markdown_rows(rows, columns)
 
 
+def target_line(bench: dict) -> str:
+    """Where the run met 2x TransformerLens and where it did not, config by config."""
+    by_config: dict = {}
+    for r in bench["models"]:
+        if r.get("speedup_vs_transformer_lens") is not None:
+            by_config.setdefault(r["config"], []).append(
+                (r["threads"], r["speedup_vs_transformer_lens"]))
+
+    def listed(rows) -> str:
+        return ", ".join(f"{t} thread{'s' * (t > 1)} {x:.2f}x" for t, x in rows)
+
+    met = [f"{c} ({listed(rows)})" for c, rows in by_config.items()
+           if all(x >= 2 for _, x in rows)]
+    missed = [f"{c} ({listed(rows)})" for c, rows in by_config.items()
+              if any(x < 2 for _, x in rows)]
+    if not by_config:
+        return "TransformerLens was not installed for this run: no ratio to report."
+    return (f"At least 2x TransformerLens on every thread count: {'; '.join(met) or 'none'}. "
+            f"Below 2x on at least one: {'; '.join(missed) or 'none'}.")
+
+
 def render_speed_summary(results: dict) -> str:
-    """{"speed": the result file of `reproduce.py --only speed`}: the README's table."""
+    """{"speed": the result file of `reproduce.py --only speed`}: the README's table, and where
+    it met 2x TransformerLens."""
     speed = results["speed"]
-    return "\n\n".join([_provenance(speed), summary_table(speed["bench"])])
+    return "\n\n".join([_provenance(speed), summary_table(speed["bench"]),
+                         target_line(speed["bench"])])
