@@ -50,17 +50,16 @@ def _gradients_like(inputs) -> list:
     the slots of one new buffer; any other input its own rows."""
     grads, i = [], 0
     while i < len(inputs):
-        j = len(inputs)
-        while j > i + 1 and rows_buffer(inputs[i:j]) is None:
-            j -= 1
-        buffer = rows_buffer(inputs[i:j]) if j > i + 1 else None
-        if buffer is None:
-            grads.append(_rows_like(inputs[i]))
-        else:
-            fresh = torch.empty_like(buffer)
+        # the longest run of inputs from i that fills one rows buffer, if there is one
+        j = next((j for j in range(len(inputs), i + 1, -1)
+                  if rows_buffer(inputs[i:j]) is not None), i + 1)
+        if j > i + 1:
+            fresh = torch.empty_like(rows_buffer(inputs[i:j]))
             grads += [fresh.as_strided(t.shape, t.stride(), t.storage_offset())
                       for t in inputs[i:j]]
-        i = j if buffer is not None else i + 1
+        else:
+            grads.append(_rows_like(inputs[i]))
+        i = j
     return grads
 
 
