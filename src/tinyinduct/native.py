@@ -4,9 +4,10 @@ sizes 8 and 16 (`native_attention`) and the softmax + cross-entropy of the fused
 
 They are compiled by torch's C++ extension loader (a C++ compiler and ninja) the first time a
 process needs them, into torch's extension cache (`TORCH_EXTENSIONS_DIR`, by default
-`~/.cache/torch_extensions`): about a minute once per machine, then a fraction of a second per
-process. `TINYINDUCT_NATIVE=0` turns them off; where they cannot be built, one warning says why
-and torch's operations, which compute the same functions, run instead.
+`~/.cache/torch_extensions`): about a minute once per machine and torch installation, then a
+fraction of a second per process. `TINYINDUCT_NATIVE=0` turns them off; where they cannot be
+built, one warning says why and torch's operations, which compute the same functions, run
+instead.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ def runs_on(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32 and extension() is not None
 
 
-def _machine_tag() -> str:
-    """A short tag of this CPU's instruction sets: the kernels are compiled for the machine
-    (`-march=native`), and a home directory shared by different machines must not hand one
-    machine's build to another."""
-    flags = platform.machine() + platform.processor()
+def _build_tag() -> str:
+    """A short tag of this CPU's instruction sets and of this torch installation. The kernels
+    are compiled for the machine (`-march=native`), so a home directory shared by different
+    machines must not hand one machine's build to another; and against one torch, so two
+    environments on one machine must not take turns rebuilding one build folder."""
+    flags = platform.machine() + platform.processor() + torch.__version__ + torch.__file__
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags += next((line for line in cpuinfo if line.startswith("flags")), "")
@@ -72,11 +74,11 @@ def _machine_tag() -> str:
 def _build():
     from torch.utils.cpp_extension import _get_build_directory, load_inline
 
-    name = f"tinyinduct_kernels_{_machine_tag()}"
+    name = f"tinyinduct_kernels_{_build_tag()}"
     try:
         if not any(Path(_get_build_directory(name, verbose=False)).glob("*.so")):
-            print("tinyinduct: compiling its CPU kernels (once per machine, about a minute)",
-                  file=sys.stderr, flush=True)
+            print("tinyinduct: compiling its CPU kernels (once per machine and torch install, "
+                  "about a minute)", file=sys.stderr, flush=True)
         return load_inline(name, cpp_sources=SOURCE.read_text(), functions=FUNCTIONS,
                            extra_cflags=FLAGS, extra_ldflags=["-fopenmp"])
     except Exception as error:  # no compiler, no ninja, a failed build: torch's operations
