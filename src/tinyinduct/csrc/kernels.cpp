@@ -27,6 +27,16 @@ static inline v8 ld(const float* p) { return *(const v8*)p; }
 static inline void st(float* p, v8 x) { *(v8*)p = x; }
 static inline v8 bc(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 static inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+static inline float hmax(v8 x) {  // the largest of the 8 lanes
+  float m = x[0];
+  for (int u = 1; u < 8; ++u) m = std::max(m, x[u]);
+  return m;
+}
+static inline float hsum(v8 x) {  // the sum of the 8 lanes
+  float s = 0.f;
+  for (int u = 0; u < 8; ++u) s += x[u];
+  return s;
+}
 
 // exp(x) for x <= 0, Cephes' single-precision polynomial (below -87 it gives about 1e-38)
 static inline v8 exp8(v8 x) {
@@ -115,16 +125,14 @@ static inline void pattern_rows(const float* Qs, const float* KT, int64_t i0, in
     else {
       v8 m8 = ld(s);
       for (int64_t j = 8; j < lenp; j += 8) { const v8 x = ld(s + j); m8 = x > m8 ? x : m8; }
-      m = m8[0];
-      for (int u = 1; u < 8; ++u) m = std::max(m, m8[u]);
+      m = hmax(m8);
     }
     v8 sum8 = {};
     for (int64_t j = 0; j < lenp; j += 8) { const v8 e = exp8(ld(s + j) - bc(m)); st(s + j, e); sum8 += e; }
     for (int64_t j = len; j < lenp; ++j) { sum8[j % 8] -= s[j]; s[j] = 0.f; }
     std::fill(s + lenp, s + Pp, 0.f);
     if (lse) continue;
-    float sum = 0.f;
-    for (int u = 0; u < 8; ++u) sum += sum8[u];
+    const float sum = hsum(sum8);
     const v8 inv = bc(1.f / sum);
     for (int64_t j = 0; j < lenp; j += 8) st(s + j, ld(s + j) * inv);
     lse_out[i] = m + std::log(sum);
@@ -198,8 +206,7 @@ static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const
           const int64_t lenp = up(i + 1, 8);
           v8 dot8 = {};
           for (int64_t j = 0; j < lenp; j += 8) dot8 += ld(p + j) * ld(d + j);
-          float dot = 0.f;
-          for (int u = 0; u < 8; ++u) dot += dot8[u];
+          const float dot = hsum(dot8);
           for (int64_t j = 0; j < lenp; j += 8) st(d + j, ld(p + j) * (ld(d + j) - bc(dot)) * bc(scale));
           std::fill(d + lenp, d + Pp, 0.f);
         }
@@ -246,8 +253,7 @@ void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tens
         st(x + j, y);
         m8 = y > m8 ? y : m8;
       }
-      float m = m8[0];
-      for (int u = 1; u < 8; ++u) m = std::max(m, m8[u]);
+      float m = hmax(m8);
       for (int64_t j = V8; j < V; ++j) { x[j] += b[j]; m = std::max(m, x[j]); }
       const float picked = x[t];
       v8 s8 = {};
@@ -256,8 +262,7 @@ void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tens
         st(x + j, e);
         s8 += e;
       }
-      float s = 0.f;
-      for (int u = 0; u < 8; ++u) s += s8[u];
+      float s = hsum(s8);
       for (int64_t j = V8; j < V; ++j) { x[j] = std::exp(x[j] - m); s += x[j]; }
       const float inv = 1.f / s;
       for (int64_t j = 0; j < V8; j += 8) st(x + j, ld(x + j) * bc(inv));
