@@ -208,8 +208,8 @@ def render_speed(results: dict) -> str:
                       kernels_table(bench)]
         if any(r.get("floor") for r in bench["profile"]):
             parts += ["The step's floor: what it would take if the fixed cost of its operations "
-                      "were a tiny model's step (d_model 8, n_ctx 12, batch 1, the same layers "
-                      "and heads), every matmul ran at the run's matmul peak and every "
+                      "were a tiny model's step (d_model 8, head size 8, n_ctx 12, batch 1, the "
+                      "same layers and heads), every matmul ran at the run's matmul peak and every "
                       "exponential the softmaxes need (one per logit with a "
                       "target, one per unmasked attention score) at the rate of `torch.exp`, "
                       "all timed beside the step; nothing is counted for copies, layouts or "
