@@ -19,6 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import native
+from .step_profile import profiled
 
 IGNORE = -100  # a target that contributes no loss (cross_entropy's ignore_index)
 CHUNK_FLOATS = 1 << 18  # logits per chunk on a CPU (1 MiB of float32): stays in cache
@@ -48,7 +49,7 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
             if kernel is not None:  # the chunk becomes softmax - onehot(target) in place
                 g = torch.bmm(resid[:, c], W_U)  # [G, rows, V]
                 row_loss = torch.empty(target.shape[:2], dtype=g.dtype, device=g.device)
-                with native.profiled("tinyinduct::softmax_cross_entropy"):
+                with profiled("tinyinduct::softmax_cross_entropy"):
                     kernel.softmax_cross_entropy(g, b_U.contiguous(), target.squeeze(-1)
                                                  .contiguous(), row_loss)
                 loss += (row_loss * w.squeeze(-1)).sum(1)

@@ -8,9 +8,9 @@ then copied into contiguous `[G * batch, heads, pos, d_head]`; the native kernel
 the rows in place (`layout="rows"`), and when the gradients come back as the slots of one rows
 buffer (`rows_buffer`) the backward pass uses that buffer without a copy. The backward passes
 mirror the forward: the copy back to rows where one is needed, two matmuls, and the bias
-gradient as a sum over contiguous rows. Through autograd, the einsums and
-the per-projection bias adds this replaces cost more in permutes, strided reductions and small
-operations than in their matmuls; the function is the same (tested against the einsums).
+gradient as a sum over contiguous rows. Through autograd, the einsums and the per-projection
+bias adds this replaces cost more in permutes, strided reductions and small operations than in
+their matmuls; the function is the same (tested against the einsums).
 
 `G` is the number of stacked models (1 for a plain model).
 """

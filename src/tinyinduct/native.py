@@ -17,7 +17,6 @@ import os
 import platform
 import sys
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -88,9 +87,3 @@ def _build():
                       f"(set {SWITCH}=0 to skip the attempt)", RuntimeWarning, stacklevel=3)
         return None
 
-
-def profiled(name: str):
-    """A profiler range named after the kernel while a profiler runs (the kernels are not torch
-    operations, so `step_profile` would not see them otherwise); nothing otherwise."""
-    from torch.autograd.profiler import record_function
-    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()

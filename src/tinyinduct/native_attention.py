@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from . import native
 from .head_projections import rows_buffer
+from .step_profile import profiled
 
 HEAD_SIZES = (8, 16)
 # each thread holds two [n_ctx, n_ctx] score buffers (4 MB each at 1,024): longer contexts, whose
@@ -75,7 +76,7 @@ class NativeAttention(torch.autograd.Function):
         padded = -(-p // 16) * 16
         pattern = torch.empty((N * h, padded, padded) if p <= SAVED_PATTERN_CONTEXT else 0,
                               dtype=q.dtype, device=q.device)
-        with native.profiled("tinyinduct::causal_attention"):
+        with profiled("tinyinduct::causal_attention"):
             native.extension().attention_forward(q, k, v, scale, z, lse, pattern)
         ctx.save_for_backward(q, k, v, lse, pattern)
         ctx.scale = scale
@@ -88,7 +89,7 @@ class NativeAttention(torch.autograd.Function):
         if grad_z.stride(-1) != 1:
             grad_z = grad_z.contiguous()
         grads = _gradients_like((q, k, v))
-        with native.profiled("tinyinduct::causal_attention_backward"):
+        with profiled("tinyinduct::causal_attention_backward"):
             native.extension().attention_backward(grad_z, q, k, v, lse, ctx.scale, *grads,
                                                   pattern)
         return (*grads, None)

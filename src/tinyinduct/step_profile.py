@@ -30,10 +30,17 @@ STEP = "training_step"
 BACKWARD = "backward"  # a marker, not a part
 
 
+def profiled(name: str):
+    """A profiler range named `name` while a profiler runs; without one a no-op context (the
+    training loop pays nothing). tinyinduct's C++ kernels are not torch operations: each call
+    is one such range, so the profile sees them as operations."""
+    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
+
+
 def part(name: str):
     """`with part("attention"):` marks the block as that part of the step for a running
     profiler; without one it is a no-op context."""
-    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
+    return profiled(name)
 
 
 def _part_of(event, backward_parts: Dict[int, str | None] | None) -> str | None:
