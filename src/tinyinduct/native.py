@@ -24,9 +24,10 @@ import torch
 SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
 FUNCTIONS = ["attention_forward", "attention_backward", "softmax_cross_entropy"]
 SWITCH = "TINYINDUCT_NATIVE"  # "0": torch's operations only; "1" (the default): the kernels
-# fast math: 5-15% on the attention kernel here; a NaN or an infinity still comes out where
-# torch's operations give it (tested: the non-finite guard relies on it)
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+# fast math: 5-15% on the attention kernel here; but not finite-math-only, so that a NaN or an
+# infinity still comes out where torch's operations give it (tested: the non-finite guard relies
+# on it)
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
 
 _extension = None
 _tried = False

@@ -3,11 +3,13 @@ and 16.
 
 At these head sizes a score matmul's inner dimension is 8 or 16, too short for a BLAS call to
 pay for its setup, and the flash kernel spends most of its time outside multiply-adds. The
-kernel takes one sequence's head at a time into buffers that stay in cache and writes the causal
-scores with a register-blocked loop. Up to n_ctx `SAVED_PATTERN_CONTEXT` the forward pass keeps
-the pattern for the backward pass; above it the pattern never leaves the thread: the forward
-pass keeps each row's log-sum-exp and the backward pass recomputes the pattern from it (a kept
-pattern costs more in fresh memory there than its exponentials).
+kernel takes one sequence's head at a time into buffers that stay in cache, and puts a block of
+queries in the lanes of one vector: each multiply-add broadcasts one number of a key or value
+against all of them, and the softmax needs no reduction across lanes. Up to n_ctx
+`SAVED_PATTERN_CONTEXT` the forward pass keeps the pattern for the backward pass; above it the
+pattern never leaves the thread: the forward pass keeps each row's log-sum-exp and the backward
+pass recomputes the pattern from it (a kept pattern costs more in fresh memory there than its
+exponentials).
 
 `NativeAttention` takes q, k, v `[N, heads, positions, head size]` with any strides (the last one
 1) and returns z the same, stored as `[N, positions, heads, head size]` rows: the projections read
@@ -28,9 +30,10 @@ HEAD_SIZES = (8, 16)
 # each thread holds two [n_ctx, n_ctx] score buffers (4 MB each at 1,024): longer contexts, whose
 # buffers would leave the cache, go to the flash kernel
 MAX_CONTEXT = 1024
-# measured (forward + backward of one layer, 1 and 2 threads): at n_ctx 64 reading a kept
-# pattern beats recomputing it by 15-20%, from 128 sequences to 1,024; at 128 it is a wash
-SAVED_PATTERN_CONTEXT = 64
+# measured (forward + backward of one layer, 1 and 2 threads): reading a kept pattern beats
+# recomputing it by 15-25% at n_ctx 32 to 128; at 256 (batch 16, 8 heads: 32 MB of pattern)
+# recomputing it is nearly twice as fast
+SAVED_PATTERN_CONTEXT = 128
 
 
 def runs_on(device: torch.device, d_head: int, dtype: torch.dtype, n_ctx: int) -> bool:

@@ -5,10 +5,14 @@
 // At these head sizes a score matmul's inner dimension is 8 or 16, too short for a BLAS call to
 // pay for its setup, and the flash kernel spends most of its time outside multiply-adds. Here one
 // sequence's head at a time (threads share the sequences) is gathered into small zero-padded
-// buffers that stay in cache, its causal scores are written by a 4 x 16 register-blocked kernel,
-// the softmax uses a vectorised exponential. The forward pass keeps each row's log-sum-exp, and
-// the pattern either in `pat` ([B*H, P16, P16], P16 = P rounded up to 16) for the backward pass
-// to read, or, where `pat` is empty, nowhere: the backward pass then recomputes it.
+// buffers that stay in cache. A vector holds W queries (16 with AVX-512, else 8), one per lane,
+// so a block of W queries takes its scores, maximum, exponentials, sum and log-sum-exp lane by
+// lane with no reduction across lanes, and every multiply-add broadcasts one number of a key,
+// value or gradient against W queries. The forward pass keeps each query's log-sum-exp, and the
+// pattern, transposed, either in `pat` ([B*H, P16, P16], P16 = P rounded up to 16) for the
+// backward pass to read, or, where `pat` is empty, nowhere: the backward pass then recomputes it.
+// The backward pass takes dq block by block, then dk and dv eight keys at a time from the
+// transposed pattern and score gradients.
 // Every tensor is [batch, heads, positions, head size] with any strides but a contiguous last
 // dimension, so the projections' row layout is read and written in place.
 //
@@ -22,7 +26,6 @@
 #include <vector>
 
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
-typedef int v8i __attribute__((vector_size(32), aligned(4)));
 static inline v8 ld(const float* p) { return *(const v8*)p; }
 static inline void st(float* p, v8 x) { *(v8*)p = x; }
 static inline v8 bc(float x) { return (v8){x, x, x, x, x, x, x, x}; }
@@ -38,56 +41,72 @@ static inline float hsum(v8 x) {  // the sum of the 8 lanes
   return s;
 }
 
-// exp(x) for x <= 0, Cephes' single-precision polynomial (below -87 it gives about 1e-38)
-static inline v8 exp8(v8 x) {
-  x = x < bc(-87.f) ? bc(-87.f) : x;
-  const v8 t = x * bc(1.44269504088896341f) + bc(0.5f);
-  v8i n = __builtin_convertvector(t, v8i);
-  n += (__builtin_convertvector(n, v8) > t);  // truncation to floor: -1 where it rounded up
-  const v8 fn = __builtin_convertvector(n, v8);
-  const v8 r = x - fn * bc(0.693359375f) + fn * bc(2.12194440e-4f);
-  v8 p = bc(1.9875691500E-4f);
-  p = p * r + bc(1.3981999507E-3f);
-  p = p * r + bc(8.3334519073E-3f);
-  p = p * r + bc(4.1665795894E-2f);
-  p = p * r + bc(1.6666665459E-1f);
-  p = p * r + bc(5.0000001201E-1f);
-  const v8 y = p * r * r + r + bc(1.f);
-  return y * (v8)((n + 127) << 23);
+// exp(x) for x <= 0 (any float vector type), Cephes' single-precision polynomial; exactly 0
+// below -87, where a float would soon be denormal
+template <class F>
+static inline F vexp(F x) {
+  typedef decltype(x < x) I;
+  const F c = x < F{} - 87.f ? F{} - 87.f : x;
+  const F t = c * 1.44269504088896341f + 0.5f;
+  I n = __builtin_convertvector(t, I);
+  n += (__builtin_convertvector(n, F) > t);  // truncation to floor: -1 where it rounded up
+  const F fn = __builtin_convertvector(n, F);
+  const F r = c - fn * 0.693359375f + fn * 2.12194440e-4f;
+  F p = F{} + 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  const F y = (p * r * r + r + 1.f) * (F)((n + 127) << 23);
+  return x < F{} - 87.f ? F{} : y;
 }
 
-// out[r, 0:16] = sum_{k<E} A[r*E + k] * BT[k*bts + 0:16] for r < 4
-template <int E>
-static inline void abt_4x16(const float* A, const float* BT, int64_t bts, float* out, int64_t os) {
-  v8 c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-  for (int k = 0; k < E; ++k) {
-    const v8 b0 = ld(BT + k * bts), b1 = ld(BT + k * bts + 8);
-    const v8 a0 = bc(A[k]), a1 = bc(A[E + k]), a2 = bc(A[2 * E + k]), a3 = bc(A[3 * E + k]);
-    c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;
-    c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;
-  }
-  st(out, c00); st(out + 8, c01); st(out + os, c10); st(out + os + 8, c11);
-  st(out + 2 * os, c20); st(out + 2 * os + 8, c21); st(out + 3 * os, c30); st(out + 3 * os + 8, c31);
+// Attention's vectors hold W queries, one per lane (16 with AVX-512, else 8): a block of W
+// queries takes its scores, maximum, exponentials, sums and log-sum-exps lane by lane, with no
+// reduction across lanes, and each multiply-add broadcasts one number of a key (or value, or
+// gradient) against a vector of W queries.
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#else
+constexpr int W = 8;
+#endif
+typedef float vw __attribute__((vector_size(4 * W), aligned(4)));
+static inline vw ldw(const float* p) { return *(const vw*)p; }
+static inline void stw(float* p, vw x) { *(vw*)p = x; }
+static inline vw bcw(float x) { return vw{} + x; }
+static inline vw lanes() {
+  vw l;
+  for (int u = 0; u < W; ++u) l[u] = (float)u;
+  return l;
+}
+static const float MASKED = -3.0e38f;  // a removed score: its exponential is exactly 0
+
+// log(x) for normal x > 0, Cephes' single-precision polynomial
+static inline vw logw(vw x) {
+  typedef decltype(x < x) vi;
+  const vi bits = (vi)x;
+  vi e = ((bits >> 23) & 0xff) - 126;
+  vw m = (vw)((bits & 0x007fffff) | 0x3f000000);  // x = m * 2^e, m in [0.5, 1)
+  const vi low = m < 0.707106781186547524f;  // -1 where m < sqrt(1/2): then 2m - 1 instead
+  e += low;
+  m = m + (low ? m : vw{}) - 1.f;
+  const vw z = m * m, fe = __builtin_convertvector(e, vw);
+  vw y = bcw(7.0376836292E-2f);
+  y = y * m - 1.1514610310E-1f;
+  y = y * m + 1.1676998740E-1f;
+  y = y * m - 1.2420140846E-1f;
+  y = y * m + 1.4249322787E-1f;
+  y = y * m - 1.6668057665E-1f;
+  y = y * m + 2.0000714765E-1f;
+  y = y * m - 2.4999993993E-1f;
+  y = y * m + 3.3333331174E-1f;
+  y = y * z * m + fe * -2.12194440e-4f - 0.5f * z;
+  return m + y + fe * 0.693359375f;
 }
 
-// out[r, 0:E] = sum_{k0<=k<k1} C[r*cr + k*ck] * Y[k*E + 0:E] for r < 4
-template <int E>
-static inline void cy_4(const float* C, int64_t cr, int64_t ck, const float* Y, int64_t k0, int64_t k1, float* out) {
-  constexpr int NV = E / 8;
-  v8 acc[4][NV] = {};
-  for (int64_t k = k0; k < k1; ++k) {
-    v8 y[NV];
-    for (int u = 0; u < NV; ++u) y[u] = ld(Y + k * E + 8 * u);
-    for (int r = 0; r < 4; ++r) {
-      const v8 c = bc(C[r * cr + k * ck]);
-      for (int u = 0; u < NV; ++u) acc[r][u] += c * y[u];
-    }
-  }
-  for (int r = 0; r < 4; ++r)
-    for (int u = 0; u < NV; ++u) st(out + r * E + 8 * u, acc[r][u]);
-}
-
-// One head of one sequence: its [P, E] rows (row stride rs) gathered into a zero-padded buffer.
+// One head of one sequence: its [P, E] rows (row stride rs), times mul, in a buffer of Pp rows
+// zero-padded beyond P, as rows (out[j*E + c]) or transposed (out[c*Pp + j]).
 struct Rows {
   const float* p; int64_t rs;
 };
@@ -98,48 +117,96 @@ static inline void gather(Rows x, int64_t P, float mul, float* out, int64_t Pp) 
   std::fill(out + P * E, out + Pp * E, 0.f);
 }
 template <int E>
-static inline void gather_t(Rows x, int64_t P, float* out, int64_t Pp) {  // transposed: out[c*Pp + j]
+static inline void gather_t(Rows x, int64_t P, float mul, float* out, int64_t Pp) {
   for (int64_t j = 0; j < P; ++j)
-    for (int c = 0; c < E; ++c) out[c * Pp + j] = x.p[j * x.rs + c];
+    for (int c = 0; c < E; ++c) out[c * Pp + j] = x.p[j * x.rs + c] * mul;
   for (int c = 0; c < E; ++c) std::fill(out + c * Pp + P, out + (c + 1) * Pp, 0.f);
 }
+// rows i0 .. min(i0 + W, P) of out (row stride rs) <- acc[c][i - i0]
+template <int E>
+static inline void scatter_t(const vw* acc, int64_t i0, int64_t P, float* out, int64_t rs) {
+  float buf[E * W];
+  for (int c = 0; c < E; ++c) stw(buf + c * W, acc[c]);
+  for (int64_t i = i0; i < std::min(i0 + W, P); ++i)
+    for (int c = 0; c < E; ++c) out[i * rs + c] = buf[c * W + (i - i0)];
+}
+// rows i0 .. i1 of out (row stride rs) <- in's rows
 template <int E>
 static inline void scatter(const float* in, int64_t i0, int64_t i1, float* out, int64_t rs) {
   for (int64_t i = i0; i < i1; ++i) std::copy(in + (i - i0) * E, in + (i - i0 + 1) * E, out + i * rs);
 }
 
-// S[i, 0:Pp] <- the causal pattern of rows i0..i0+3 (zero beyond i and beyond P). With lse null
-// the softmax is computed and each row's log-sum-exp written to lse_out; with lse given, the
-// pattern is exp(scores - lse), as the forward pass computed it.
+// out[u] <- sum_c X[(j + u)*E + c] * cols[c] for u < 4: four keys side by side, four chains of
+// multiply-adds
 template <int E>
-static inline void pattern_rows(const float* Qs, const float* KT, int64_t i0, int64_t P, int64_t Pp, float* S,
-                                const float* lse, float* lse_out) {
-  for (int64_t jb = 0; jb < i0 + 4; jb += 16) abt_4x16<E>(Qs + i0 * E, KT + jb, Pp, S + i0 * Pp + jb, Pp);
-  for (int64_t i = i0; i < i0 + 4; ++i) {
-    float* s = S + i * Pp;
-    if (i >= P) { std::fill(s, s + Pp, 0.f); continue; }
-    const int64_t len = i + 1, lenp = up(len, 8);
-    for (int64_t j = len; j < lenp; ++j) s[j] = -1e30f;
-    float m;
-    if (lse) m = lse[i];
-    else {
-      v8 m8 = ld(s);
-      for (int64_t j = 8; j < lenp; j += 8) { const v8 x = ld(s + j); m8 = x > m8 ? x : m8; }
-      m = hmax(m8);
-    }
-    v8 sum8 = {};
-    for (int64_t j = 0; j < lenp; j += 8) { const v8 e = exp8(ld(s + j) - bc(m)); st(s + j, e); sum8 += e; }
-    for (int64_t j = len; j < lenp; ++j) { sum8[j % 8] -= s[j]; s[j] = 0.f; }
-    std::fill(s + lenp, s + Pp, 0.f);
-    if (lse) continue;
-    const float sum = hsum(sum8);
-    const v8 inv = bc(1.f / sum);
-    for (int64_t j = 0; j < lenp; j += 8) st(s + j, ld(s + j) * inv);
-    lse_out[i] = m + std::log(sum);
+static inline void dots4(const float* X, int64_t j, const vw* cols, vw* out) {
+  vw a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  const float* x = X + j * E;
+  for (int c = 0; c < E; ++c) {
+    a0 += x[c] * cols[c]; a1 += x[E + c] * cols[c];
+    a2 += x[2 * E + c] * cols[c]; a3 += x[3 * E + c] * cols[c];
+  }
+  out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+}
+// acc[c] += sum_{j<n} T[j*ts + 0:W] * X[j*E + c]: the W queries' rows of T @ X
+template <int E>
+static inline void accumulate(const float* T, int64_t ts, const float* X, int64_t n, vw* acc) {
+  for (int64_t j = 0; j < n; ++j) {
+    const vw t = ldw(T + j * ts);
+    for (int c = 0; c < E; ++c) acc[c] += t * X[j * E + c];
   }
 }
+// out[r, 0:E] = sum_{k0<=k<k1} C[r*cr + k] * Y[k*E + 0:E] for r < 8: eight keys' rows of C @ Y,
+// each row one vector of E numbers
+template <int E>
+static inline void rows_8(const float* C, int64_t cr, const float* Y, int64_t k0, int64_t k1, float* out) {
+  typedef float ve __attribute__((vector_size(4 * E), aligned(4)));
+  ve acc[8] = {};
+  for (int64_t k = k0; k < k1; ++k) {
+    const ve y = *(const ve*)(Y + k * E);
+    for (int r = 0; r < 8; ++r) acc[r] += C[r * cr + k] * y;
+  }
+  for (int r = 0; r < 8; ++r) *(ve*)(out + r * E) = acc[r];
+}
 
-// z <- softmax(q k^T * scale, causal) v, lse [B*H, P] <- each row's log-sum-exp
+// The pattern of the W queries i0 + lane, transposed: T[j*ts + lane] for keys j < i0 + W (0
+// where the key is after the query or beyond P). QT: the queries times scale, transposed; K: the
+// keys' rows. With lse null the softmax is computed and the queries' log-sum-exps written to
+// lse_out[0:W]; with lse given (lse[0:W]), the pattern is exp(scores - lse), as the forward pass
+// computed it.
+template <int E>
+static inline void pattern_block(const float* QT, const float* K, int64_t i0, int64_t P, int64_t Pp,
+                                 float* T, int64_t ts, const float* lse, float* lse_out) {
+  vw q[E], s[4];
+  for (int c = 0; c < E; ++c) q[c] = ldw(QT + c * Pp + i0);
+  const vw lane = lanes();
+  const int64_t nk = i0 + W;
+  vw m = lse ? ldw(lse) : bcw(MASKED);
+  for (int64_t j = 0; j < nk; j += 4) {
+    dots4<E>(K, j, q, s);
+    for (int u = 0; u < 4; ++u) {
+      const int64_t key = j + u;
+      if (key >= P) s[u] = bcw(MASKED);
+      else if (key > i0) s[u] = bcw((float)(key - i0)) > lane ? bcw(MASKED) : s[u];
+      stw(T + key * ts, s[u]);
+      if (!lse) m = s[u] > m ? s[u] : m;
+    }
+  }
+  vw sum = {};
+  for (int64_t j = 0; j < nk; ++j) {
+    const vw e = vexp(ldw(T + j * ts) - m);
+    stw(T + j * ts, e);
+    sum += e;
+  }
+  if (lse) return;
+  const vw inv = 1.f / sum;
+  for (int64_t j = 0; j < nk; ++j) stw(T + j * ts, ldw(T + j * ts) * inv);
+  stw(lse_out, m + logw(sum));
+}
+
+// z <- softmax(q k^T * scale, causal) v, lse [B*H, P] <- each row's log-sum-exp, and where pat
+// is not empty the pattern, transposed: pat[n, key, query] ([B*H, Pp, Pp], Pp = P rounded up to
+// 16; written for the keys up to the end of each query's block of W)
 template <int E>
 static void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float scale,
                          torch::Tensor& z, torch::Tensor& lse, torch::Tensor& pat) {
@@ -151,24 +218,28 @@ static void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const t
   float* patp = pat.numel() ? pat.data_ptr<float>() : nullptr;
   const int64_t zs0 = z.stride(0), zs1 = z.stride(1), zs2 = z.stride(2);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> Qs(Pp * E), KT(E * Pp), V(Pp * E), S(Pp * Pp), o(4 * E);
+    std::vector<float> QT(E * Pp), K(Pp * E), V(Pp * E), T(patp ? 0 : Pp * W), L(W);
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
-      gather<E>({qp + b * qs0 + h * qs1, qs2}, P, scale, Qs.data(), Pp);
-      gather_t<E>({kp + b * ks0 + h * ks1, ks2}, P, KT.data(), Pp);
+      gather_t<E>({qp + b * qs0 + h * qs1, qs2}, P, scale, QT.data(), Pp);
+      gather<E>({kp + b * ks0 + h * ks1, ks2}, P, 1.f, K.data(), Pp);
       gather<E>({vp + b * vs0 + h * vs1, vs2}, P, 1.f, V.data(), Pp);
-      float* Sn = patp ? patp + n * Pp * Pp : S.data();
-      for (int64_t i0 = 0; i0 < P; i0 += 4) {
-        pattern_rows<E>(Qs.data(), KT.data(), i0, P, Pp, Sn, nullptr, lp + n * P);
-        const int64_t i1 = std::min(i0 + 4, P);
-        cy_4<E>(Sn + i0 * Pp, Pp, 1, V.data(), 0, i1, o.data());
-        scatter<E>(o.data(), i0, i1, zp + b * zs0 + h * zs1, zs2);
+      for (int64_t i0 = 0; i0 < P; i0 += W) {
+        float* Tb = patp ? patp + n * Pp * Pp + i0 : T.data();
+        const int64_t ts = patp ? Pp : W;
+        pattern_block<E>(QT.data(), K.data(), i0, P, Pp, Tb, ts, nullptr, L.data());
+        vw acc[E] = {};
+        accumulate<E>(Tb, ts, V.data(), i0 + W, acc);
+        scatter_t<E>(acc, i0, P, zp + b * zs0 + h * zs1, zs2);
+        for (int64_t i = i0; i < std::min(i0 + W, P); ++i) lp[n * P + i] = L[i - i0];
       }
     }
   });
 }
 
-// dq, dk, dv <- the gradients of q, k, v given grad_z, the gradient of z
+// dq, dk, dv <- the gradients of q, k, v given grad_z, the gradient of z: for each block of W
+// queries the pattern (kept, or recomputed from lse), the gradient of its scores and dq; then
+// dk and dv from the transposed pattern and score gradients, eight keys at a time.
 template <int E>
 static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const torch::Tensor& k,
                           const torch::Tensor& v, const torch::Tensor& lse, float scale, torch::Tensor& dq,
@@ -184,41 +255,45 @@ static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const
   const int64_t os0[3] = {dq.stride(0), dk.stride(0), dv.stride(0)}, os1[3] = {dq.stride(1), dk.stride(1), dv.stride(1)},
                 os2[3] = {dq.stride(2), dk.stride(2), dv.stride(2)};
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> Qs(Pp * E), Q(Pp * E), KT(E * Pp), K(Pp * E), VT(E * Pp), G(Pp * E), S(Pp * Pp),
-        D(Pp * Pp), o(4 * E);
+    std::vector<float> QT(patp ? 0 : E * Pp), Q(Pp * E), K(Pp * E), V(Pp * E), GT(E * Pp), G(Pp * E),
+        PT(patp ? 0 : Pp * Pp), DS(Pp * Pp), dP(Pp * W), L(Pp), o(8 * E);
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
-      const Rows qr{qp + b * qs0 + h * qs1, qs2}, kr{kp + b * ks0 + h * ks1, ks2};
-      gather<E>(qr, P, scale, Qs.data(), Pp);
+      const Rows qr{qp + b * qs0 + h * qs1, qs2}, gr{gp + b * gs0 + h * gs1, gs2};
       gather<E>(qr, P, 1.f, Q.data(), Pp);
-      gather_t<E>(kr, P, KT.data(), Pp);
-      gather<E>(kr, P, 1.f, K.data(), Pp);
-      gather_t<E>({vp + b * vs0 + h * vs1, vs2}, P, VT.data(), Pp);
-      gather<E>({gp + b * gs0 + h * gs1, gs2}, P, 1.f, G.data(), Pp);
-      const float* Sn = patp ? patp + n * Pp * Pp : S.data();
-      for (int64_t i0 = 0; i0 < P; i0 += 4) {
-        if (!patp) pattern_rows<E>(Qs.data(), KT.data(), i0, P, Pp, S.data(), lp + n * P, nullptr);
-        for (int64_t jb = 0; jb < i0 + 4; jb += 16) abt_4x16<E>(G.data() + i0 * E, VT.data() + jb, Pp, D.data() + i0 * Pp + jb, Pp);
-        for (int64_t i = i0; i < i0 + 4; ++i) {  // the scores' gradient, scaled as they were
-          float* d = D.data() + i * Pp;
-          const float* p = Sn + i * Pp;
-          if (i >= P) { std::fill(d, d + Pp, 0.f); continue; }
-          const int64_t lenp = up(i + 1, 8);
-          v8 dot8 = {};
-          for (int64_t j = 0; j < lenp; j += 8) dot8 += ld(p + j) * ld(d + j);
-          const float dot = hsum(dot8);
-          for (int64_t j = 0; j < lenp; j += 8) st(d + j, ld(p + j) * (ld(d + j) - bc(dot)) * bc(scale));
-          std::fill(d + lenp, d + Pp, 0.f);
-        }
-        const int64_t i1 = std::min(i0 + 4, P);
-        cy_4<E>(D.data() + i0 * Pp, Pp, 1, K.data(), 0, i1, o.data());
-        scatter<E>(o.data(), i0, i1, dqp + b * os0[0] + h * os1[0], os2[0]);
+      gather<E>({kp + b * ks0 + h * ks1, ks2}, P, 1.f, K.data(), Pp);
+      gather<E>({vp + b * vs0 + h * vs1, vs2}, P, 1.f, V.data(), Pp);
+      gather_t<E>(gr, P, 1.f, GT.data(), Pp);
+      gather<E>(gr, P, 1.f, G.data(), Pp);
+      if (!patp) {
+        gather_t<E>(qr, P, scale, QT.data(), Pp);
+        std::copy(lp + n * P, lp + (n + 1) * P, L.begin());
+        std::fill(L.begin() + P, L.end(), 0.f);
       }
-      for (int64_t j0 = 0; j0 < P; j0 += 4) {
-        const int64_t j1 = std::min(j0 + 4, P);
-        cy_4<E>(D.data() + j0, 1, Pp, Q.data(), j0, P, o.data());
+      const float* Pn = patp ? patp + n * Pp * Pp : PT.data();
+      for (int64_t i0 = 0; i0 < P; i0 += W) {
+        const int64_t nk = i0 + W;
+        if (!patp) pattern_block<E>(QT.data(), K.data(), i0, P, Pp, PT.data() + i0, Pp, L.data() + i0, nullptr);
+        vw g[E], d4[4], D = {};
+        for (int c = 0; c < E; ++c) g[c] = ldw(GT.data() + c * Pp + i0);
+        for (int64_t j = 0; j < nk; j += 4) {  // the pattern's gradient, and its rows' dot with the pattern
+          dots4<E>(V.data(), j, g, d4);
+          for (int u = 0; u < 4; ++u) {
+            stw(dP.data() + (j + u) * W, d4[u]);
+            D += ldw(Pn + (j + u) * Pp + i0) * d4[u];
+          }
+        }
+        for (int64_t j = 0; j < nk; ++j)  // the scores' gradient, scaled as they were
+          stw(DS.data() + j * Pp + i0, ldw(Pn + j * Pp + i0) * (ldw(dP.data() + j * W) - D) * scale);
+        vw acc[E] = {};
+        accumulate<E>(DS.data() + i0, Pp, K.data(), nk, acc);
+        scatter_t<E>(acc, i0, P, dqp + b * os0[0] + h * os1[0], os2[0]);
+      }
+      for (int64_t j0 = 0; j0 < P; j0 += 8) {
+        const int64_t j1 = std::min(j0 + 8, P);
+        rows_8<E>(DS.data() + j0 * Pp, Pp, Q.data(), j0, P, o.data());
         scatter<E>(o.data(), j0, j1, dkp + b * os0[1] + h * os1[1], os2[1]);
-        cy_4<E>(Sn + j0, 1, Pp, G.data(), j0, P, o.data());
+        rows_8<E>(Pn + j0 * Pp, Pp, G.data(), j0, P, o.data());
         scatter<E>(o.data(), j0, j1, dvp + b * os0[2] + h * os1[2], os2[2]);
       }
     }
@@ -258,7 +333,7 @@ void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tens
       const float picked = x[t];
       v8 s8 = {};
       for (int64_t j = 0; j < V8; j += 8) {
-        const v8 e = exp8(ld(x + j) - bc(m));
+        const v8 e = vexp(ld(x + j) - bc(m));
         st(x + j, e);
         s8 += e;
       }
