@@ -108,6 +108,23 @@ def test_gradient_clipping_is_per_model():
             torch.testing.assert_close(stacked.shell.get_parameter(name).grad[k], p.grad)
 
 
+@pytest.mark.parametrize("scale", [10.0, 1e-3])  # clipped, and left alone
+def test_one_models_clipping_is_torchs(scale):
+    """K = 1 takes the single-factor path: the same norm and gradients as torch's clipping."""
+    (model,) = perturbed_models(1)
+    stacked = StackedTransformer([model])
+    for p in stacked.parameters():
+        p.grad = scale * torch.randn_like(p)
+    for name, p in model.named_parameters():
+        p.grad = stacked.shell.get_parameter(name).grad[0].clone()
+    want = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    norms = clip_grad_norm_per_model_(list(stacked.parameters()), 1.0)
+    torch.testing.assert_close(norms, want.view(1))
+    assert (norms > 1.0).item() == (scale > 1.0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(stacked.shell.get_parameter(name).grad[0], p.grad)
+
+
 def test_seed_optimizer_state_is_a_single_runs_state():
     cfg = RunConfig()  # only its optim section matters here
     models = perturbed_models(2)
