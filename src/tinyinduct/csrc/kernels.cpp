@@ -25,47 +25,7 @@
 #include <cmath>
 #include <vector>
 
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
-static inline v8 ld(const float* p) { return *(const v8*)p; }
-static inline void st(float* p, v8 x) { *(v8*)p = x; }
-static inline v8 bc(float x) { return (v8){x, x, x, x, x, x, x, x}; }
-static inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-static inline float hmax(v8 x) {  // the largest of the 8 lanes
-  float m = x[0];
-  for (int u = 1; u < 8; ++u) m = std::max(m, x[u]);
-  return m;
-}
-static inline float hsum(v8 x) {  // the sum of the 8 lanes
-  float s = 0.f;
-  for (int u = 0; u < 8; ++u) s += x[u];
-  return s;
-}
-
-// exp(x) for x <= 0 (any float vector type), Cephes' single-precision polynomial; exactly 0
-// below -87, where a float would soon be denormal
-template <class F>
-static inline F vexp(F x) {
-  typedef decltype(x < x) I;
-  const F c = x < F{} - 87.f ? F{} - 87.f : x;
-  const F t = c * 1.44269504088896341f + 0.5f;
-  I n = __builtin_convertvector(t, I);
-  n += (__builtin_convertvector(n, F) > t);  // truncation to floor: -1 where it rounded up
-  const F fn = __builtin_convertvector(n, F);
-  const F r = c - fn * 0.693359375f + fn * 2.12194440e-4f;
-  F p = F{} + 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  const F y = (p * r * r + r + 1.f) * (F)((n + 127) << 23);
-  return x < F{} - 87.f ? F{} : y;
-}
-
-// Attention's vectors hold W queries, one per lane (16 with AVX-512, else 8): a block of W
-// queries takes its scores, maximum, exponentials, sums and log-sum-exps lane by lane, with no
-// reduction across lanes, and each multiply-add broadcasts one number of a key (or value, or
-// gradient) against a vector of W queries.
+// A vector of W floats: 16 with AVX-512, else 8
 #if defined(__AVX512F__)
 constexpr int W = 16;
 #else
@@ -75,6 +35,42 @@ typedef float vw __attribute__((vector_size(4 * W), aligned(4)));
 static inline vw ldw(const float* p) { return *(const vw*)p; }
 static inline void stw(float* p, vw x) { *(vw*)p = x; }
 static inline vw bcw(float x) { return vw{} + x; }
+static inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+static inline float hmax(vw x) {  // the largest of the W lanes
+  float m = x[0];
+  for (int u = 1; u < W; ++u) m = std::max(m, x[u]);
+  return m;
+}
+static inline float hsum(vw x) {  // the sum of the W lanes
+  float s = 0.f;
+  for (int u = 0; u < W; ++u) s += x[u];
+  return s;
+}
+
+// exp(x) for x <= 0, Cephes' single-precision polynomial; exactly 0 below -87, where a float
+// would soon be denormal
+static inline vw vexp(vw x) {
+  typedef decltype(x < x) vi;
+  const vw c = x < vw{} - 87.f ? vw{} - 87.f : x;
+  const vw t = c * 1.44269504088896341f + 0.5f;
+  vi n = __builtin_convertvector(t, vi);
+  n += (__builtin_convertvector(n, vw) > t);  // truncation to floor: -1 where it rounded up
+  const vw fn = __builtin_convertvector(n, vw);
+  const vw r = c - fn * 0.693359375f + fn * 2.12194440e-4f;
+  vw p = vw{} + 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  const vw y = (p * r * r + r + 1.f) * (vw)((n + 127) << 23);
+  return x < vw{} - 87.f ? vw{} : y;
+}
+
+// Attention's vectors hold W queries, one per lane: a block of W queries takes its scores,
+// maximum, exponentials, sums and log-sum-exps lane by lane, with no reduction across lanes, and
+// each multiply-add broadcasts one number of a key (or value, or gradient) against a vector of
+// W queries.
 static inline vw lanes() {
   vw l;
   for (int u = 0; u < W; ++u) l[u] = (float)u;
@@ -315,33 +311,33 @@ void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tens
   float *xp = logits.data_ptr<float>(), *lp = loss.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   const int64_t* tp = targets.data_ptr<int64_t>();
-  const int64_t V8 = V / 8 * 8;
+  const int64_t VW = V / W * W;
   at::parallel_for(0, G * R, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       float* x = xp + n * V;
       const float* b = bp + (n / R) * V;
       const int64_t t = tp[n];
       TORCH_CHECK(t >= 0 && t < V, "target ", t, " outside the vocabulary of ", V);
-      v8 m8 = bc(-3.0e38f);
-      for (int64_t j = 0; j < V8; j += 8) {
-        const v8 y = ld(x + j) + ld(b + j);
-        st(x + j, y);
-        m8 = y > m8 ? y : m8;
+      vw mw = bcw(-3.0e38f);
+      for (int64_t j = 0; j < VW; j += W) {
+        const vw y = ldw(x + j) + ldw(b + j);
+        stw(x + j, y);
+        mw = y > mw ? y : mw;
       }
-      float m = hmax(m8);
-      for (int64_t j = V8; j < V; ++j) { x[j] += b[j]; m = std::max(m, x[j]); }
+      float m = hmax(mw);
+      for (int64_t j = VW; j < V; ++j) { x[j] += b[j]; m = std::max(m, x[j]); }
       const float picked = x[t];
-      v8 s8 = {};
-      for (int64_t j = 0; j < V8; j += 8) {
-        const v8 e = vexp(ld(x + j) - bc(m));
-        st(x + j, e);
-        s8 += e;
+      vw sw = {};
+      for (int64_t j = 0; j < VW; j += W) {
+        const vw e = vexp(ldw(x + j) - m);
+        stw(x + j, e);
+        sw += e;
       }
-      float s = hsum(s8);
-      for (int64_t j = V8; j < V; ++j) { x[j] = std::exp(x[j] - m); s += x[j]; }
+      float s = hsum(sw);
+      for (int64_t j = VW; j < V; ++j) { x[j] = std::exp(x[j] - m); s += x[j]; }
       const float inv = 1.f / s;
-      for (int64_t j = 0; j < V8; j += 8) st(x + j, ld(x + j) * bc(inv));
-      for (int64_t j = V8; j < V; ++j) x[j] *= inv;
+      for (int64_t j = 0; j < VW; j += W) stw(x + j, ldw(x + j) * inv);
+      for (int64_t j = VW; j < V; ++j) x[j] *= inv;
       x[t] -= 1.f;
       lp[n] = m + std::log(s) - picked;
     }
