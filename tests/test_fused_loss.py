@@ -42,6 +42,30 @@ def test_mean_loss_and_its_precomputed_gradient_equal_plain_cross_entropy(
         torch.testing.assert_close(unembed_mean_cross_entropy(resid, W_U, b_U, targets), plain)
 
 
+def test_two_losses_before_either_backward_keep_their_own_gradients():
+    """The chunk's logits buffer is reused from call to call (float32 on a CPU, where the kernel
+    runs): a second loss computed before the first one's backward pass must not change the
+    first one's gradient, and a smaller call after a larger one takes the front of the buffer."""
+    torch.manual_seed(4)
+    calls = []
+    for rows in (40, 40, 17):
+        resid = torch.randn(1, rows, 8, requires_grad=True)
+        W_U = torch.randn(1, 8, 24, requires_grad=True)
+        b_U = torch.randn(1, 24, requires_grad=True)
+        targets = torch.randint(0, 24, (1, rows))
+        calls.append((unembed_mean_cross_entropy(resid, W_U, b_U, targets),
+                      (resid, W_U, b_U), targets))
+    for loss, inputs, targets in calls:
+        loss.sum().backward()
+        got = [t.grad.clone() for t in inputs]
+        resid, W_U, b_U = (t.detach().requires_grad_() for t in inputs)
+        plain = F.cross_entropy(resid[0] @ W_U[0] + b_U[0], targets[0])
+        plain.backward()
+        torch.testing.assert_close(loss[0], plain)
+        for g, t in zip(got, (resid, W_U, b_U)):
+            torch.testing.assert_close(g, t.grad)
+
+
 def test_mean_loss_on_a_float32_training_shape_equals_cross_entropy():
     """The shape of a default step (2,048 rows, 512 tokens, several chunks) in float32."""
     torch.manual_seed(3)
