@@ -15,12 +15,10 @@ as `cross_entropy(resid @ W_U + b_U, targets)` (tested).
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import native
+from . import native, scratch
 from .step_profile import profiled
 
 IGNORE = -100  # a target that contributes no loss (cross_entropy's ignore_index)
@@ -28,22 +26,6 @@ IGNORE = -100  # a target that contributes no loss (cross_entropy's ignore_index
 # with 2 MiB of L2 per core, the step was fastest here (fewer, larger matmuls); 16x smaller, 5-15%
 # slower
 CHUNK_FLOATS = 1 << 20
-
-
-_scratch = threading.local()  # per thread: one training step's loss at a time uses it
-
-
-def _chunk_logits(G: int, rows: int, V: int, like: torch.Tensor) -> torch.Tensor:
-    """A `[G, rows, V]` buffer for one chunk's logits (CPU), the same memory step after step.
-    Allocated fresh, the 4 MiB of logits made the logits matmul 2-3x slower inside a training
-    step than alone (the first write to fresh memory), 1 ms of an 8.9 ms step on two threads at
-    the default config. The chunk never leaves the forward pass, so reusing it is safe."""
-    need = G * rows * V
-    buffer = getattr(_scratch, "buffer", None)
-    if (buffer is None or buffer.numel() < need or buffer.dtype != like.dtype
-            or buffer.device != like.device):
-        buffer = _scratch.buffer = torch.empty(need, dtype=like.dtype, device=like.device)
-    return buffer[:need].view(G, rows, V)
 
 
 def _chunks(rows: int, per_row: int, device: torch.device):
@@ -68,8 +50,9 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
         for c in _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2], resid.device):
             target, w = safe[:, c, None], weight[:, c, None]
             if kernel is not None:  # the chunk becomes softmax - onehot(target) in place
-                g = torch.bmm(resid[:, c], W_U, out=_chunk_logits(  # [G, rows, V]
-                    W_U.shape[0], c.stop - c.start, W_U.shape[2], resid))
+                # reused memory (`scratch`): fresh, these 4 MiB made the matmul 2-3x slower
+                g = torch.bmm(resid[:, c], W_U, out=scratch.empty(  # [G, rows, V]
+                    (W_U.shape[0], c.stop - c.start, W_U.shape[2]), resid.dtype, resid.device))
                 row_loss = torch.empty(target.shape[:2], dtype=g.dtype, device=g.device)
                 with profiled("tinyinduct::softmax_cross_entropy"):
                     kernel.softmax_cross_entropy(g, b_U.contiguous(), target.squeeze(-1)

@@ -22,6 +22,8 @@ from typing import Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import scratch
+
 
 def rows_buffer(tensors) -> torch.Tensor | None:
     """The flat buffer whose rows `[N, pos, n, heads, d_head]` hold `tensors` (n of them, each
@@ -51,8 +53,11 @@ class _ProjectHeads(torch.autograd.Function):
         pos = x.shape[1] // batch
         W_flat = W.permute(0, 3, 1, 2, 4).reshape(G, d, n * h * e)
         if layout == "rows":  # the bias added inside the matmul, the heads left in place
-            rows = (torch.bmm(x, W_flat) if b is None else
-                    torch.baddbmm(b.reshape(G, 1, n * h * e), x, W_flat))
+            rows = scratch.empty((G, x.shape[1], n * h * e), x.dtype, x.device)
+            if b is None:
+                torch.bmm(x, W_flat, out=rows)
+            else:
+                torch.baddbmm(b.reshape(G, 1, n * h * e), x, W_flat, out=rows)
             rows = rows.view(G * batch, pos, n, h, e)
             outs = [rows[:, :, i].transpose(1, 2) for i in range(n)]
         else:
@@ -77,11 +82,12 @@ class _ProjectHeads(torch.autograd.Function):
         G, n, h, d, e, batch, pos = ctx.shape
         grad_rows = rows_buffer(grad_outs)  # the native kernel's gradients: no copy
         if grad_rows is None:
-            grad_rows = torch.empty(G, batch, pos, n, h, e, dtype=x.dtype, device=x.device)
+            grad_rows = scratch.empty((G, batch, pos, n, h, e), x.dtype, x.device)
             for i, grad in enumerate(grad_outs):
                 grad_rows[:, :, :, i].copy_(grad.view(G, batch, h, pos, e).transpose(2, 3))
         grad_rows = grad_rows.view(G, batch * pos, n * h * e)
-        grad_x = torch.bmm(grad_rows, W_flat.transpose(1, 2))
+        grad_x = torch.bmm(grad_rows, W_flat.transpose(1, 2),
+                           out=scratch.empty((G, batch * pos, d), x.dtype, x.device))
         grad_W = torch.bmm(x.transpose(1, 2), grad_rows).view(G, d, n, h, e)
         grad_b = grad_rows.sum(1).view(G, n, h, e) if ctx.has_bias else None
         return grad_x, grad_W.permute(0, 2, 3, 1, 4), grad_b, None, None
@@ -93,7 +99,8 @@ class _ProjectOut(torch.autograd.Function):
         G, batch, h, pos, e = z.shape
         z_rows = z.permute(0, 1, 3, 2, 4).reshape(G, batch * pos, h * e)
         W_flat = W_O.reshape(G, h * e, -1)
-        out = torch.bmm(z_rows, W_flat)
+        out = torch.bmm(z_rows, W_flat, out=scratch.empty((G, batch * pos, W_flat.shape[2]),
+                                                          z.dtype, z.device))
         if b_O is not None:
             out.add_(b_O[:, None])
         ctx.save_for_backward(z_rows, W_flat)
@@ -105,7 +112,8 @@ class _ProjectOut(torch.autograd.Function):
     def backward(ctx, grad_out):  # [G, batch * pos, d]
         z_rows, W_flat = ctx.saved_tensors
         G, batch, h, pos, e = ctx.shape
-        grad_z = torch.bmm(grad_out, W_flat.transpose(1, 2)).view(G, batch, pos, h, e)
+        grad_z = torch.bmm(grad_out, W_flat.transpose(1, 2), out=scratch.empty(
+            (G, batch * pos, h * e), grad_out.dtype, grad_out.device)).view(G, batch, pos, h, e)
         grad_W = torch.bmm(z_rows.transpose(1, 2), grad_out).view(G, h, e, -1)
         grad_b = grad_out.sum(1) if ctx.has_bias else None
         # in the layout of the heads' rows: the native kernel reads it in place, and for torch's

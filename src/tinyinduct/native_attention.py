@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import native
+from . import native, scratch
 from .head_projections import rows_buffer
 from .step_profile import profiled
 
@@ -46,7 +46,7 @@ def _rows_like(t: torch.Tensor) -> torch.Tensor:
     """An empty `[N, heads, positions, head size]` tensor stored as rows `[N, positions, heads,
     head size]`."""
     N, h, p, e = t.shape
-    return torch.empty(N, p, h, e, dtype=t.dtype, device=t.device).transpose(1, 2)
+    return scratch.empty((N, p, h, e), t.dtype, t.device).transpose(1, 2)
 
 
 def _gradients_like(inputs) -> list:
@@ -58,7 +58,8 @@ def _gradients_like(inputs) -> list:
         j = next((j for j in range(len(inputs), i + 1, -1)
                   if rows_buffer(inputs[i:j]) is not None), i + 1)
         if j > i + 1:
-            fresh = torch.empty_like(rows_buffer(inputs[i:j]))
+            like = rows_buffer(inputs[i:j])
+            fresh = scratch.empty(like.shape, like.dtype, like.device)
             grads += [fresh.as_strided(t.shape, t.stride(), t.storage_offset())
                       for t in inputs[i:j]]
         else:
@@ -75,10 +76,10 @@ class NativeAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, scale):
         N, h, p, _ = q.shape
         z = _rows_like(q)
-        lse = torch.empty(N * h, p, dtype=q.dtype, device=q.device)
+        lse = scratch.empty((N * h, p), q.dtype, q.device)
         padded = -(-p // 16) * 16
-        pattern = torch.empty((N * h, padded, padded) if p <= SAVED_PATTERN_CONTEXT else 0,
-                              dtype=q.dtype, device=q.device)
+        pattern = scratch.empty((N * h, padded, padded) if p <= SAVED_PATTERN_CONTEXT else (0,),
+                                q.dtype, q.device)
         with profiled("tinyinduct::causal_attention"):
             native.extension().attention_forward(q, k, v, scale, z, lse, pattern)
         ctx.save_for_backward(q, k, v, lse, pattern)
