@@ -50,15 +50,18 @@ def test_gradients_that_are_the_slots_of_one_rows_buffer_are_read_in_place():
     torch.testing.assert_close(x.grad, want)
 
 
+@pytest.mark.parametrize("residual", [False, True])  # added inside the matmul, or not given
 @pytest.mark.parametrize("bias", [False, True])
-def test_project_out_sums_the_heads_through_W_O(bias):
+def test_project_out_sums_the_heads_through_W_O(bias, residual):
     G, b, h, p, e, d = 2, 3, 2, 5, 3, 4
-    z, W_O, b_O = leaves((G, b, h, p, e), (G, h, e, d), (G, d))
-    out = project_out(z, W_O, b_O if bias else None)
-    want = torch.einsum("gbhpe,ghed->gbpd", z, W_O) + (b_O[:, None, None] if bias else 0)
+    z, W_O, b_O, r = leaves((G, b, h, p, e), (G, h, e, d), (G, d), (G, b, p, d))
+    out = project_out(z, W_O, b_O if bias else None, r if residual else None)
+    want = (torch.einsum("gbhpe,ghed->gbpd", z, W_O) + (b_O[:, None, None] if bias else 0)
+            + (r if residual else 0))
     torch.testing.assert_close(out, want)
     assert torch.autograd.gradcheck(
-        lambda a, w, c: project_out(a, w, c if bias else None), (z, W_O, b_O))
+        lambda a, w, c, x: project_out(a, w, c if bias else None, x if residual else None),
+        (z, W_O, b_O, r))
 
 
 VARIANTS = [dict(positional=pos, attn_bias=bias, blocked_composition=blocked)

@@ -9,8 +9,8 @@ in place into its gradient (softmax - onehot, over the rows) while it is in cach
 the two gradient matmuls and dropped. Nothing is recomputed; the backward pass only scales the
 gradients kept. Where tinyinduct's CPU kernels run (`native`), one of them turns a chunk of
 logits into its gradient and its rows' losses in one pass per row (bias, maximum, exponentials,
-softmax - onehot, loss); elsewhere torch's operations do it in several. The function is the same
-as `cross_entropy(resid @ W_U + b_U, targets)` (tested).
+softmax - onehot weighted by 1 / rows, loss); elsewhere torch's operations do it in several.
+The function is the same as `cross_entropy(resid @ W_U + b_U, targets)` (tested).
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
                 g = torch.bmm(resid[:, c], W_U, out=scratch.empty(  # [G, rows, V]
                     (W_U.shape[0], c.stop - c.start, W_U.shape[2]), resid.dtype, resid.device))
                 row_loss = torch.empty(target.shape[:2], dtype=g.dtype, device=g.device)
-                with profiled("tinyinduct::softmax_cross_entropy"):
+                w_rows = w.squeeze(-1).contiguous()
+                with profiled("tinyinduct::softmax_cross_entropy"):  # the rows weighted by w
                     kernel.softmax_cross_entropy(g, b_U.contiguous(), target.squeeze(-1)
-                                                 .contiguous(), row_loss)
-                loss += (row_loss * w.squeeze(-1)).sum(1)
+                                                 .contiguous(), w_rows, row_loss)
+                loss += (row_loss * w_rows).sum(1)
             else:
                 logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)  # [G, rows, V]
                 picked, top = logits.gather(-1, target), logits.amax(-1, keepdim=True)
@@ -71,10 +72,16 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
             if not with_grad:
                 continue
             # d mean loss / d logits = (softmax - onehot(target)) * w, w = 1 / rows (0 where
-            # ignored): w scales the matmuls' narrow operands, not the chunk
-            grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2)).mul_(w)
-            grad_W.baddbmm_((resid[:, c] * w).transpose(1, 2), g)
-            grad_b.unsqueeze(1).baddbmm_(w.transpose(1, 2), g)
+            # ignored): the kernel weighted the chunk's rows in its pass; for torch's operations
+            # w scales the matmuls' narrow operands instead
+            if kernel is not None:
+                grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2))
+                grad_W.baddbmm_(resid[:, c].transpose(1, 2), g)
+                grad_b += g.sum(1)
+            else:
+                grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2)).mul_(w)
+                grad_W.baddbmm_((resid[:, c] * w).transpose(1, 2), g)
+                grad_b.unsqueeze(1).baddbmm_(w.transpose(1, 2), g)
         if with_grad:
             ctx.save_for_backward(grad_resid, grad_W, grad_b)
         return loss
@@ -83,8 +90,9 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
     @once_differentiable  # the saved gradient is a constant: no double backward
     def backward(ctx, grad_loss):  # [G]
         grad_resid, grad_W, grad_b = ctx.saved_tensors
-        return (grad_resid * grad_loss[:, None, None], grad_W * grad_loss[:, None, None],
-                grad_b * grad_loss[:, None], None, None)
+        scaled = torch.mul(grad_resid, grad_loss[:, None, None], out=scratch.empty(
+            grad_resid.shape, grad_resid.dtype, grad_resid.device))
+        return scaled, grad_W * grad_loss[:, None, None], grad_b * grad_loss[:, None], None, None
 
 
 def unembed_mean_cross_entropy(

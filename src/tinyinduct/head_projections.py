@@ -95,16 +95,21 @@ class _ProjectHeads(torch.autograd.Function):
 
 class _ProjectOut(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, W_O, b_O):  # z [G, batch, h, pos, e], W_O [G, h, e, d], b_O [G, d] | None
+    def forward(ctx, z, W_O, b_O, residual):
+        # z [G, batch, h, pos, e], W_O [G, h, e, d], b_O [G, d] | None, residual [G, batch*pos, d]
+        # | None: added inside the matmul, where a separate sum would write a fresh tensor
         G, batch, h, pos, e = z.shape
         z_rows = z.permute(0, 1, 3, 2, 4).reshape(G, batch * pos, h * e)
         W_flat = W_O.reshape(G, h * e, -1)
-        out = torch.bmm(z_rows, W_flat, out=scratch.empty((G, batch * pos, W_flat.shape[2]),
-                                                          z.dtype, z.device))
+        out = scratch.empty((G, batch * pos, W_flat.shape[2]), z.dtype, z.device)
+        if residual is None:
+            torch.bmm(z_rows, W_flat, out=out)
+        else:
+            torch.baddbmm(residual, z_rows, W_flat, out=out)
         if b_O is not None:
             out.add_(b_O[:, None])
         ctx.save_for_backward(z_rows, W_flat)
-        ctx.shape, ctx.has_bias = z.shape, b_O is not None
+        ctx.shape, ctx.has_bias, ctx.has_residual = z.shape, b_O is not None, residual is not None
         return out  # [G, batch * pos, d]
 
     @staticmethod
@@ -116,9 +121,10 @@ class _ProjectOut(torch.autograd.Function):
             (G, batch * pos, h * e), grad_out.dtype, grad_out.device)).view(G, batch, pos, h, e)
         grad_W = torch.bmm(z_rows.transpose(1, 2), grad_out).view(G, h, e, -1)
         grad_b = grad_out.sum(1) if ctx.has_bias else None
-        # in the layout of the heads' rows: the native kernel reads it in place, and for torch's
-        # kernels the copy happens where their layout is needed
-        return grad_z.permute(0, 1, 3, 2, 4), grad_W, grad_b
+        # grad_z in the layout of the heads' rows: the native kernel reads it in place, and for
+        # torch's kernels the copy happens where their layout is needed
+        return (grad_z.permute(0, 1, 3, 2, 4), grad_W, grad_b,
+                grad_out if ctx.has_residual else None)
 
 
 def project_heads(x: torch.Tensor,  # [G, batch, pos, d_model]
@@ -137,7 +143,9 @@ def project_heads(x: torch.Tensor,  # [G, batch, pos, d_model]
 def project_out(z: torch.Tensor,  # [G, batch, h, pos, d_head]
                 W_O: torch.Tensor,  # [G, h, d_head, d_model]
                 b_O: torch.Tensor | None,  # [G, d_model], or None
+                residual: torch.Tensor | None = None,  # [G, batch, pos, d_model], or None
                 ) -> torch.Tensor:  # [G, batch, pos, d_model]
-    """`sum_h z[g, :, h] @ W_O[g, h] + b_O[g]`, in one matmul."""
+    """`residual[g] + sum_h z[g, :, h] @ W_O[g, h] + b_O[g]`, in one matmul."""
     G, batch, _, pos, _ = z.shape
-    return _ProjectOut.apply(z, W_O, b_O).view(G, batch, pos, -1)
+    rows = None if residual is None else residual.reshape(G, batch * pos, -1)
+    return _ProjectOut.apply(z, W_O, b_O, rows).view(G, batch, pos, -1)

@@ -118,11 +118,12 @@ def fused_attention(
     weights: Tuple[torch.Tensor, ...],  # W_Q, W_K, W_V [..., h, d, e], W_O [..., h, e, d]
     biases: Tuple[torch.Tensor, ...] | None,  # b_Q, b_K, b_V [..., h, e], b_O [..., d]; None: 0
     scale: float,
+    residual: torch.Tensor | None = None,  # [..., b, p, d]: added to the output in W_O's matmul
 ) -> torch.Tensor:  # [..., b, p, d]
     """Causal attention by the faster kernel for its shape (`causal_attention`), between the
-    projections of `head_projections`. The leading `...` is empty for one model and the model
-    axis for stacked models. Inputs that are one tensor share one matmul; zero biases are
-    skipped rather than added."""
+    projections of `head_projections` (plus `residual`, if given). The leading `...` is empty
+    for one model and the model axis for stacked models. Inputs that are one tensor share one
+    matmul; zero biases are skipped rather than added."""
     single = inputs[0].dim() == 3  # one model: a model axis of 1 (views)
     lead = (lambda t: t[None]) if single else (lambda t: t)
     G, batch, pos = lead(inputs[0]).shape[:3]
@@ -144,7 +145,8 @@ def fused_attention(
         z = causal_attention(*qkv, scale, kernel=kernel)  # [G * b, h, p, e]
     with part("projections"):
         out = project_out(z.reshape(G, -1, *z.shape[1:]), lead(weights[3]),
-                          None if biases is None else lead(biases[3]))
+                          None if biases is None else lead(biases[3]),
+                          None if residual is None else lead(residual))
         return out[0] if single else out
 
 

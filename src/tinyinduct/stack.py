@@ -101,7 +101,8 @@ class StackedTransformer(nn.Module):
                 resid = resid + self._hooked_attention(a, inputs, hooks, tokens)
                 continue
             biases = (a.b_Q, a.b_K, a.b_V, a.b_O) if a.attn_bias else None
-            resid = resid + fused_attention(inputs, (a.W_Q, a.W_K, a.W_V, a.W_O), biases, a.scale)
+            resid = fused_attention(inputs, (a.W_Q, a.W_K, a.W_V, a.W_O), biases, a.scale,
+                                    residual=resid)
         if hasattr(m, "ln_final"):
             resid = _stacked_norm(m.ln_final, resid)
         return resid

@@ -296,9 +296,11 @@ static void backward_impl(const torch::Tensor& gz, const torch::Tensor& q, const
   });
 }
 
-// logits [G, R, V] <- softmax(logits + bias[g]) - onehot(targets), in place; loss [G, R] <- each
-// row's cross-entropy, logsumexp(logits + bias) - (logits + bias)[target]
-void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tensor targets, torch::Tensor loss) {
+// logits [G, R, V] <- (softmax(logits + bias[g]) - onehot(targets)) * weights, in place (the
+// gradient of the weighted sum of the rows' losses); loss [G, R] <- each row's cross-entropy,
+// logsumexp(logits + bias) - (logits + bias)[target], unweighted
+void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tensor targets, torch::Tensor weights,
+                           torch::Tensor loss) {
   TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == torch::kFloat32 && logits.is_contiguous() &&
                   logits.dim() == 3, "logits must be a contiguous float32 CPU tensor [G, rows, V]");
   const int64_t G = logits.size(0), R = logits.size(1), V = logits.size(2);
@@ -308,8 +310,10 @@ void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tens
               "targets must be a contiguous int64 [G, rows]");
   TORCH_CHECK(loss.scalar_type() == torch::kFloat32 && loss.is_contiguous() && loss.numel() == G * R,
               "loss must be a contiguous float32 [G, rows]");
+  TORCH_CHECK(weights.scalar_type() == torch::kFloat32 && weights.is_contiguous() && weights.numel() == G * R,
+              "weights must be a contiguous float32 [G, rows]");
   float *xp = logits.data_ptr<float>(), *lp = loss.data_ptr<float>();
-  const float* bp = bias.data_ptr<float>();
+  const float *bp = bias.data_ptr<float>(), *wp = weights.data_ptr<float>();
   const int64_t* tp = targets.data_ptr<int64_t>();
   const int64_t VW = V / W * W;
   at::parallel_for(0, G * R, 16, [&](int64_t begin, int64_t end) {
@@ -335,10 +339,10 @@ void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tens
       }
       float s = hsum(sw);
       for (int64_t j = VW; j < V; ++j) { x[j] = std::exp(x[j] - m); s += x[j]; }
-      const float inv = 1.f / s;
-      for (int64_t j = 0; j < VW; j += W) stw(x + j, ldw(x + j) * inv);
-      for (int64_t j = VW; j < V; ++j) x[j] *= inv;
-      x[t] -= 1.f;
+      const float w = wp[n], scale = w / s;
+      for (int64_t j = 0; j < VW; j += W) stw(x + j, ldw(x + j) * scale);
+      for (int64_t j = VW; j < V; ++j) x[j] *= scale;
+      x[t] -= w;
       lp[n] = m + std::log(s) - picked;
     }
   });
