@@ -4,8 +4,8 @@ The step's code marks its parts with `part(name)`, a `torch.profiler` range whil
 and nothing otherwise (the training loop pays nothing). `profile_parts` runs a step under the
 profiler and gives every operation's own time to a part: a forward operation to the range it runs
 in, a backward operation to the part of the forward operation that recorded it (autograd's
-sequence number links the two), an operation outside every range to `other` (layer norm, residual
-adds, gradient accumulation, zeroing, and the Python between operations).
+sequence number links the two), an operation outside every range to `other` (layer norm, the
+targets' shift, gradient accumulation, zeroing, and the Python between operations).
 """
 
 from __future__ import annotations
