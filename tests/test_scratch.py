@@ -78,6 +78,8 @@ def test_small_tensors_and_other_devices_are_plain_allocations():
 
 
 def test_the_pool_lets_go_of_free_buffers_beyond_its_size():
-    for rows in range(1, scratch.KEPT + 6):  # distinct sizes, each dropped at once
+    held = scratch.empty((1, scratch.SMALLEST), torch.float32, "cpu")  # the oldest stays in use
+    for rows in range(2, scratch.KEPT + 6):  # distinct sizes, each dropped at once
         scratch.empty((rows, scratch.SMALLEST), torch.float32, "cpu")
     assert scratch.kept() == scratch.KEPT
+    assert scratch._pool()[0].data_ptr() == held.data_ptr()  # the free ones went first

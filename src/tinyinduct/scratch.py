@@ -51,10 +51,10 @@ def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> tor
             return buffer.view(shape)
     buffer = torch.empty(numel, dtype=dtype)
     buffers.append(buffer)
-    if len(buffers) > KEPT:
-        spare = next((b for b in buffers if _free(b)), None)
+    if len(buffers) > KEPT:  # by position: a tensor's == compares elements
+        spare = next((i for i, b in enumerate(buffers) if _free(b)), None)
         if spare is not None:
-            buffers.remove(spare)
+            del buffers[spare]
     return buffer.view(shape)
 
 
