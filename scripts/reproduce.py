@@ -364,8 +364,12 @@ def speed(ctx: Context) -> dict:
                   ctx.runs.parent / f"{ctx.runs.name}.log", script=BENCH)
     if not out.exists():
         raise SystemExit(f"error: no {out} (see {ctx.runs.name}.log beside it)")
-    return {"command": "python scripts/reproduce.py --only speed",
-            "bench": json.loads(out.read_text())}
+    bench = json.loads(out.read_text())
+    if not bench.get("complete"):  # a benchmark cut short: its parts stay in `out`, the pages
+        # keep the last whole run's figures
+        raise SystemExit(f"error: the benchmark in {out} stopped before its end (see "
+                         f"{ctx.runs.name}.log beside it); the pages are left as they were")
+    return {"command": "python scripts/reproduce.py --only speed", "bench": bench}
 
 
 PARTS: Dict[str, Callable[[Context], dict]] = {

@@ -4,6 +4,7 @@ match the committed result files, a changed table is caught and rewritten, and
 folder without touching docs/ or README.md."""
 
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,19 @@ def test_the_front_pages_answer_is_the_sweep_and_footnote_6():
         "how layer 0 rebuilds position is in [footnote 6](docs/sweep.md#footnote-6-" \
         "shortformer-with-keys-blocked)." in render("answer", {"composition_sweep": sweep,
                                                              "footnote6": footnote})
+
+
+def test_a_benchmark_cut_short_leaves_the_pages_as_they_were(tmp_path):
+    """bench.py saves after every part; a run that stopped early (`complete` false) must not
+    replace the published speed tables with its partial figures."""
+    script = runpy.run_path(str(REPRODUCE), run_name="reproduce_script")
+    ctx = script["Context"](runs=tmp_path, docs_root=tmp_path, quick=False, train=False,
+                            launcher="basic")
+    (tmp_path / "bench.json").write_text(json.dumps({"complete": False, "models": []}))
+    with pytest.raises(SystemExit, match="stopped before its end"):
+        script["speed"](ctx)
+    (tmp_path / "bench.json").write_text(json.dumps({"complete": True, "models": []}))
+    assert script["speed"](ctx)["bench"] == {"complete": True, "models": []}
 
 
 @pytest.mark.slow
