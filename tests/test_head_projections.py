@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tinyinduct import AttnOnlyTransformer, ModelConfig
-from tinyinduct.head_projections import project_heads, project_out, rows_buffer
+from tinyinduct.head_projections import project_heads, project_out
 from tinyinduct.stack import next_token_loss
 
 
@@ -14,40 +14,21 @@ def leaves(*shapes, seed=0):
     return [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
 
 
-@pytest.mark.parametrize("layout", ["heads", "rows"])
 @pytest.mark.parametrize("n", [1, 3])  # one projection reads x, or all three do
 @pytest.mark.parametrize("bias", [False, True])
-def test_project_heads_is_an_einsum_per_projection(n, bias, layout):
+def test_project_heads_is_an_einsum_per_projection(n, bias):
     G, b, p, d, h, e = 2, 3, 5, 4, 2, 3
     x, *rest = leaves((G, b, p, d), *[(G, h, d, e)] * n, *[(G, h, e)] * (n if bias else 0))
     weights, biases = tuple(rest[:n]), (tuple(rest[n:]) if bias else None)
-    heads = project_heads(x, weights, biases, layout=layout)
+    heads = project_heads(x, weights, biases)
     for i, y in enumerate(heads):  # [G * b, h, p, e], model-major, then batch
         want = torch.einsum("gbpd,ghde->gbhpe", x, weights[i])
         if bias:
             want = want + biases[i][:, None, :, None, :]
         torch.testing.assert_close(y, want.reshape(G * b, h, p, e))
-    # "heads": each its own contiguous tensor; "rows": the n slots of the matmul's output
-    assert all(y.is_contiguous() for y in heads) == (layout == "heads" or n == 1 and h == 1)
-    assert (rows_buffer(heads) is not None) == (layout == "rows")
+    assert all(y.is_contiguous() for y in heads)
     assert torch.autograd.gradcheck(
-        lambda *t: project_heads(t[0], t[1:n + 1], t[n + 1:] if bias else None, layout=layout),
-        (x, *rest))
-
-
-def test_gradients_that_are_the_slots_of_one_rows_buffer_are_read_in_place():
-    """The backward pass takes gradients laid out as the rows (what the native kernel returns)
-    without a copy, to the gradient the einsums give."""
-    G, b, p, d, h, e, n = 2, 3, 5, 4, 2, 3, 3
-    x, *weights = leaves((G, b, p, d), *[(G, h, d, e)] * n)
-    torch.manual_seed(1)
-    buffer = torch.randn(G * b, p, n, h, e, dtype=torch.float64)
-    slots = [buffer[:, :, i].transpose(1, 2) for i in range(n)]
-    assert rows_buffer(slots) is not None and rows_buffer(slots[::-1]) is None
-    torch.autograd.backward(project_heads(x, tuple(weights), None, layout="rows"), slots)
-    want = sum(torch.einsum("gbhpe,ghde->gbpd", g.reshape(G, b, h, p, e), W)
-               for g, W in zip(slots, weights))
-    torch.testing.assert_close(x.grad, want)
+        lambda *t: project_heads(t[0], t[1:n + 1], t[n + 1:] if bias else None), (x, *rest))
 
 
 @pytest.mark.parametrize("residual", [False, True])  # added inside the matmul, or not given

@@ -40,9 +40,9 @@ def test_forward_and_backward_operations_belong_to_their_part(kernels, two_threa
     parts = {}
     for event, name in attribute(prof.events()):
         parts.setdefault(event.name, set()).add(name)
-    if kernels:  # the native kernel, forward and backward, is attention's (both layers)
-        for name in ("NativeAttention", "tinyinduct::causal_attention",
-                     "tinyinduct::causal_attention_backward"):
+    if kernels:  # the native kernel, forward and backward, is attention's (both layers),
+        # inside the C++ layer, whose own ranges mark its parts
+        for name in ("tinyinduct::causal_attention", "tinyinduct::causal_attention_backward"):
             assert parts[name] == {"attention"}, name
     else:  # the short-context attention and its backward (its matmuls and softmax)
         assert parts["SmallContextAttention"] == {"attention"}
@@ -59,13 +59,25 @@ def test_forward_and_backward_operations_belong_to_their_part(kernels, two_threa
     for event, name in attribute(prof.events()):
         if event.name == "aten::bmm" and event.cpu_parent is not None:
             backward_bmm.setdefault(event.cpu_parent.name, set()).add(name)
-    assert backward_bmm["_ProjectHeadsBackward"] == {"projections"}
-    assert backward_bmm["_ProjectOutBackward"] == {"projections"}
-    if not kernels:
+    if kernels:  # the layer's matmuls, forward and backward, all sit in its projections ranges
+        layer = {n for e, n in attribute(prof.events()) if e.name == "aten::bmm"
+                 and any(a.name.startswith("_AttentionLayer") for a in ancestors(e))}
+        assert layer == {"projections"}
+        assert any(a.name == "_AttentionLayerBackward" for e in prof.events()
+                   if e.name == "aten::bmm" for a in ancestors(e))
+    else:
+        assert backward_bmm["_ProjectHeadsBackward"] == {"projections"}
+        assert backward_bmm["_ProjectOutBackward"] == {"projections"}
         assert backward_bmm["SmallContextAttentionBackward"] == {"attention"}
     # an operation outside every part, the targets' shift (a cat), belongs to none ("other");
     # the residual stream's sums are inside W_O's matmuls (projections)
     assert None in parts["aten::cat"]
+
+
+def ancestors(event):
+    while event.cpu_parent is not None:
+        event = event.cpu_parent
+        yield event
 
 
 def test_parts_add_up_to_the_profiled_step():

@@ -4,11 +4,10 @@
 that reads it, and `project_out` maps the heads' outputs back to the residual stream. Each is one
 matmul on the flattened rows, `[G, batch * pos, n * heads * d_head]` for the n projections that
 read one input and `[G, batch * pos, d_model]` out. For torch's attention kernels the heads are
-then copied into contiguous `[G * batch, heads, pos, d_head]`; the native kernel reads and writes
-the rows in place (`layout="rows"`), and when the gradients come back as the slots of one rows
-buffer (`rows_buffer`) the backward pass uses that buffer without a copy. The backward passes
-mirror the forward: the copy back to rows where one is needed, two matmuls, and the bias
-gradient as a sum over contiguous rows. Through autograd, the einsums and the per-projection
+then copied into contiguous `[G * batch, heads, pos, d_head]` (where the native kernel runs,
+`native_layer` does the same operations on the rows in place, in C++). The backward passes
+mirror the forward: the copy back to rows, two matmuls, and the bias gradient as a sum over
+contiguous rows. Through autograd, the einsums and the per-projection
 bias adds this replaces cost more in permutes, strided reductions and small operations than in
 their matmuls; the function is the same (tested against the einsums).
 
@@ -25,52 +24,23 @@ from torch.autograd.function import once_differentiable
 from . import scratch
 
 
-def rows_buffer(tensors) -> torch.Tensor | None:
-    """The flat buffer whose rows `[N, pos, n, heads, d_head]` hold `tensors` (n of them, each
-    `[N, heads, pos, d_head]`) as its n slots in order, or None if they are anything else."""
-    first = tensors[0]
-    if first.dim() != 4:
-        return None
-    N, h, pos, e = first.shape
-    n = len(tensors)
-    strides = (pos * n * h * e, e, n * h * e, 1)
-    storage = first.untyped_storage()
-    if storage.nbytes() != N * pos * n * h * e * first.element_size():
-        return None
-    for i, t in enumerate(tensors):
-        if (t.shape != first.shape or t.dtype != first.dtype or t.stride() != strides
-                or t.storage_offset() != i * h * e
-                or t.untyped_storage().data_ptr() != storage.data_ptr()):
-            return None
-    return first.as_strided((N * pos * n * h * e,), (1,), 0)
-
-
 class _ProjectHeads(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, b, batch, layout):
-        # x [G, M, d], W [G, n, h, d, e], b [G, n, h, e] | None; layout "heads" or "rows"
+    def forward(ctx, x, W, b, batch):
+        # x [G, M, d], W [G, n, h, d, e], b [G, n, h, e] | None
         G, n, h, d, e = W.shape
         pos = x.shape[1] // batch
         W_flat = W.permute(0, 3, 1, 2, 4).reshape(G, d, n * h * e)
-        if layout == "rows":  # the bias added inside the matmul, the heads left in place
-            rows = scratch.empty((G, x.shape[1], n * h * e), x.dtype, x.device)
+        rows = torch.bmm(x, W_flat).view(G, batch, pos, n, h, e)
+        outs = []
+        for i in range(n):  # one output each: their gradients come back apart, never stacked
+            heads = rows[:, :, :, i].permute(0, 1, 3, 2, 4)  # [G, batch, h, pos, e]
+            out = torch.empty(heads.shape, dtype=x.dtype, device=x.device)
             if b is None:
-                torch.bmm(x, W_flat, out=rows)
-            else:
-                torch.baddbmm(b.reshape(G, 1, n * h * e), x, W_flat, out=rows)
-            rows = rows.view(G * batch, pos, n, h, e)
-            outs = [rows[:, :, i].transpose(1, 2) for i in range(n)]
-        else:
-            rows = torch.bmm(x, W_flat).view(G, batch, pos, n, h, e)
-            outs = []
-            for i in range(n):  # one output each: their gradients come back apart, never stacked
-                heads = rows[:, :, :, i].permute(0, 1, 3, 2, 4)  # [G, batch, h, pos, e]
-                out = torch.empty(heads.shape, dtype=x.dtype, device=x.device)
-                if b is None:
-                    out.copy_(heads)
-                else:  # the bias added in the copy
-                    torch.add(heads, b[:, i, None, :, None, :], out=out)
-                outs.append(out.view(G * batch, h, pos, e))
+                out.copy_(heads)
+            else:  # the bias added in the copy
+                torch.add(heads, b[:, i, None, :, None, :], out=out)
+            outs.append(out.view(G * batch, h, pos, e))
         ctx.save_for_backward(x, W_flat)
         ctx.shape, ctx.has_bias = (G, n, h, d, e, batch, pos), b is not None
         return tuple(outs)
@@ -80,17 +50,15 @@ class _ProjectHeads(torch.autograd.Function):
     def backward(ctx, *grad_outs):  # n x [G * batch, h, pos, e]
         x, W_flat = ctx.saved_tensors
         G, n, h, d, e, batch, pos = ctx.shape
-        grad_rows = rows_buffer(grad_outs)  # the native kernel's gradients: no copy
-        if grad_rows is None:
-            grad_rows = scratch.empty((G, batch, pos, n, h, e), x.dtype, x.device)
-            for i, grad in enumerate(grad_outs):
-                grad_rows[:, :, :, i].copy_(grad.view(G, batch, h, pos, e).transpose(2, 3))
+        grad_rows = scratch.empty((G, batch, pos, n, h, e), x.dtype, x.device)
+        for i, grad in enumerate(grad_outs):
+            grad_rows[:, :, :, i].copy_(grad.view(G, batch, h, pos, e).transpose(2, 3))
         grad_rows = grad_rows.view(G, batch * pos, n * h * e)
         grad_x = torch.bmm(grad_rows, W_flat.transpose(1, 2),
                            out=scratch.empty((G, batch * pos, d), x.dtype, x.device))
         grad_W = torch.bmm(x.transpose(1, 2), grad_rows).view(G, d, n, h, e)
         grad_b = grad_rows.sum(1).view(G, n, h, e) if ctx.has_bias else None
-        return grad_x, grad_W.permute(0, 2, 3, 1, 4), grad_b, None, None
+        return grad_x, grad_W.permute(0, 2, 3, 1, 4), grad_b, None
 
 
 class _ProjectOut(torch.autograd.Function):
@@ -121,8 +89,8 @@ class _ProjectOut(torch.autograd.Function):
             (G, batch * pos, h * e), grad_out.dtype, grad_out.device)).view(G, batch, pos, h, e)
         grad_W = torch.bmm(z_rows.transpose(1, 2), grad_out).view(G, h, e, -1)
         grad_b = grad_out.sum(1) if ctx.has_bias else None
-        # grad_z in the layout of the heads' rows: the native kernel reads it in place, and for
-        # torch's kernels the copy happens where their layout is needed
+        # grad_z in the layout of the heads' rows: the copy to the attention kernel's layout
+        # happens where it is needed
         return (grad_z.permute(0, 1, 3, 2, 4), grad_W, grad_b,
                 grad_out if ctx.has_residual else None)
 
@@ -130,14 +98,13 @@ class _ProjectOut(torch.autograd.Function):
 def project_heads(x: torch.Tensor,  # [G, batch, pos, d_model]
                   weights: Tuple[torch.Tensor, ...],  # n x W [G, h, d_model, d_head]
                   biases: Tuple[torch.Tensor, ...] | None,  # n x b [G, h, d_head], or None
-                  layout: str = "heads",
                   ) -> Tuple[torch.Tensor, ...]:  # n x [G * batch, h, pos, d_head]
-    """`x @ W[g, h] + b[g, h]` for each of the n projections that read `x`, in one matmul;
-    `layout="heads"` gives each contiguous, `"rows"` as the slots of the matmul's rows."""
+    """`x @ W[g, h] + b[g, h]` for each of the n projections that read `x`, in one matmul, each
+    a contiguous tensor."""
     G, batch, pos, _ = x.shape
     W = torch.stack(weights, 1)
     b = None if biases is None else torch.stack(biases, 1)
-    return _ProjectHeads.apply(x.reshape(G, batch * pos, -1), W, b, batch, layout)
+    return _ProjectHeads.apply(x.reshape(G, batch * pos, -1), W, b, batch)
 
 
 def project_out(z: torch.Tensor,  # [G, batch, h, pos, d_head]

@@ -48,6 +48,7 @@ from .hooks import (
     name_hook_points,
     names_matching,
 )
+from .native_layer import attention_layer
 from .step_profile import part
 
 Cache = Dict[str, torch.Tensor]
@@ -121,14 +122,20 @@ def fused_attention(
     residual: torch.Tensor | None = None,  # [..., b, p, d]: added to the output in W_O's matmul
 ) -> torch.Tensor:  # [..., b, p, d]
     """Causal attention by the faster kernel for its shape (`causal_attention`), between the
-    projections of `head_projections` (plus `residual`, if given). The leading `...` is empty
-    for one model and the model axis for stacked models. Inputs that are one tensor share one
+    projections of `head_projections` (plus `residual`, if given); where the native kernel runs,
+    the whole layer in one C++ call each way (`native_layer`). The leading `...` is empty for
+    one model and the model axis for stacked models. Inputs that are one tensor share one
     matmul; zero biases are skipped rather than added."""
     single = inputs[0].dim() == 3  # one model: a model axis of 1 (views)
     lead = (lambda t: t[None]) if single else (lambda t: t)
     G, batch, pos = lead(inputs[0]).shape[:3]
     n_heads, d_head = weights[0].shape[-3], weights[0].shape[-1]
     kernel = kernel_for(G * batch * n_heads, pos, d_head, inputs[0].device, inputs[0].dtype)
+    if kernel == "native":
+        out = attention_layer(tuple(lead(x) for x in inputs), tuple(lead(w) for w in weights),
+                              None if biases is None else tuple(lead(b) for b in biases), scale,
+                              None if residual is None else lead(residual))
+        return out[0] if single else out
     qkv: list = [None, None, None]
     with part("projections"):
         for i, x in enumerate(inputs):
@@ -137,8 +144,7 @@ def fused_attention(
             same = [j for j in range(i, 3) if inputs[j] is x]
             heads = project_heads(lead(x), tuple(lead(weights[j]) for j in same),
                                   None if biases is None else
-                                  tuple(lead(biases[j]) for j in same),
-                                  layout="rows" if kernel == "native" else "heads")
+                                  tuple(lead(biases[j]) for j in same))
             for j, y in zip(same, heads):
                 qkv[j] = y  # [G * b, h, p, e]
     with part("attention"):

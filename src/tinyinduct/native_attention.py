@@ -12,9 +12,10 @@ pass recomputes the pattern from it (a kept pattern costs more in fresh memory t
 exponentials).
 
 `NativeAttention` takes q, k, v `[N, heads, positions, head size]` with any strides (the last one
-1) and returns z the same, stored as `[N, positions, heads, head size]` rows: the projections read
-and write that layout without a copy. Its gradients come back in the layout of its inputs: when q,
-k and v are the slots of one rows buffer (`head_projections.rows_buffer`), so are their gradients.
+1) and returns z the same, stored as `[N, positions, heads, head size]` rows, as are the
+gradients of q, k and v: the projections' matmuls read and write that layout without a copy.
+The training step's fused path calls the kernels from C++ inside a whole layer (`native_layer`),
+on the projections' rows in place.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import native, scratch
-from .head_projections import rows_buffer
 from .step_profile import profiled
 
 HEAD_SIZES = (8, 16)
@@ -47,25 +47,6 @@ def _rows_like(t: torch.Tensor) -> torch.Tensor:
     head size]`."""
     N, h, p, e = t.shape
     return scratch.empty((N, p, h, e), t.dtype, t.device).transpose(1, 2)
-
-
-def _gradients_like(inputs) -> list:
-    """Empty tensors for the inputs' gradients: inputs that are the slots of one rows buffer get
-    the slots of one new buffer; any other input its own rows."""
-    grads, i = [], 0
-    while i < len(inputs):
-        # the longest run of inputs from i that fills one rows buffer, if there is one
-        j = next((j for j in range(len(inputs), i + 1, -1)
-                  if rows_buffer(inputs[i:j]) is not None), i + 1)
-        if j > i + 1:
-            like = rows_buffer(inputs[i:j])
-            fresh = scratch.empty(like.shape, like.dtype, like.device)
-            grads += [fresh.as_strided(t.shape, t.stride(), t.storage_offset())
-                      for t in inputs[i:j]]
-        else:
-            grads.append(_rows_like(inputs[i]))
-        i = j
-    return grads
 
 
 class NativeAttention(torch.autograd.Function):
@@ -92,7 +73,7 @@ class NativeAttention(torch.autograd.Function):
         q, k, v, lse, pattern = ctx.saved_tensors
         if grad_z.stride(-1) != 1:
             grad_z = grad_z.contiguous()
-        grads = _gradients_like((q, k, v))
+        grads = [_rows_like(t) for t in (q, k, v)]
         with profiled("tinyinduct::causal_attention_backward"):
             native.extension().attention_backward(grad_z, q, k, v, lse, ctx.scale, *grads,
                                                   pattern)

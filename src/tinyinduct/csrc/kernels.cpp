@@ -19,8 +19,15 @@
 // 2. The softmax and cross-entropy of a chunk of logits in one pass per row: the bias added,
 // the maximum, the exponentials and their sum, the gradient softmax - onehot written in place,
 // and the row's loss; torch does the same in five passes over the chunk.
+//
+// 3. One attention layer, forward and backward, each in one call: the projections' matmuls into
+// one workspace of rows, kernel 1 reading its q, k and v there in place, and the output
+// projection, with the residual added inside its matmul. The same operations as torch's
+// functions in `head_projections` and `native_attention`, in the same order (tested equal bit
+// for bit); one call in place of the forty-odd Python calls and three autograd nodes between them.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -375,4 +382,159 @@ void attention_backward(torch::Tensor grad_z, torch::Tensor q, torch::Tensor k, 
   if (E == 16) backward_impl<16>(grad_z, q, k, v, lse, (float)scale, dq, dk, dv, pat);
   else if (E == 8) backward_impl<8>(grad_z, q, k, v, lse, (float)scale, dq, dk, dv, pat);
   else TORCH_CHECK(false, "head size must be 8 or 16, not ", E);
+}
+
+// ---- 3. One attention layer ----
+// G models, M = batch * pos rows of d_model, h heads of size e; the layer's distinct inputs xs
+// [G, M, d] and of_input[i], the input projection i (Q, K, V) reads. A workspace of
+// `attention_layer_workspace` floats holds everything the backward pass reads: the pattern
+// (where kept; first, so that it is aligned), each input's rows [G, M, n * h * e] (its n
+// projections' heads side by side), z [G, M, h * e] and the log-sum-exps.
+namespace {
+int64_t pad16(int64_t n) { return up(n, 16); }
+
+struct LayerViews {
+  std::vector<torch::Tensor> rows;  // per input
+  torch::Tensor qkv[3];             // [G * batch, h, pos, e] views of the rows
+  torch::Tensor z, lse, pat;
+};
+
+// the n projections of each input, side by side in its rows, as [G * batch, h, pos, e] views
+void slots(const std::vector<torch::Tensor>& rows, const std::vector<int64_t>& of_input, int64_t N, int64_t pos,
+           int64_t h, int64_t e, torch::Tensor* out) {
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const int64_t n = rows[j].size(2) / (h * e);
+    int64_t slot = 0;
+    for (int i = 0; i < 3; ++i)
+      if (of_input[i] == (int64_t)j) out[i] = rows[j].view({N, pos, n, h, e}).select(2, slot++).transpose(1, 2);
+  }
+}
+
+int64_t projections_of(const std::vector<int64_t>& of_input, int64_t j) {
+  return (of_input[0] == j) + (of_input[1] == j) + (of_input[2] == j);
+}
+
+LayerViews carve(const torch::Tensor& ws, const std::vector<int64_t>& of_input, int64_t n_inputs, int64_t G,
+                 int64_t M, int64_t batch, int64_t h, int64_t e, bool keep_pattern) {
+  LayerViews v;
+  const int64_t pos = M / batch, N = G * batch, Pp = pad16(pos);
+  int64_t off = 0;
+  auto take = [&](int64_t n) {
+    TORCH_CHECK(off + n <= ws.numel(), "attention layer: workspace too small");
+    auto t = ws.narrow(0, off, n);
+    off += pad16(n);
+    return t;
+  };
+  v.pat = keep_pattern ? take(N * h * Pp * Pp).view({N * h, Pp, Pp}) : ws.narrow(0, 0, 0);
+  for (int64_t j = 0; j < n_inputs; ++j)
+    v.rows.push_back(take(G * M * projections_of(of_input, j) * h * e).view({G, M, -1}));
+  slots(v.rows, of_input, N, pos, h, e, v.qkv);
+  v.z = take(G * M * h * e).view({G, M, h * e});
+  v.lse = take(N * h * pos).view({N * h, pos});
+  return v;
+}
+}  // namespace
+
+int64_t attention_layer_workspace(int64_t n_inputs, int64_t G, int64_t M, int64_t batch, int64_t h, int64_t e,
+                                  bool keep_pattern) {
+  const int64_t pos = M / batch, N = G * batch, Pp = pad16(pos);
+  return (keep_pattern ? pad16(N * h * Pp * Pp) : 0) + 4 * G * M * h * e + 16 * (n_inputs + 1) +
+         pad16(N * h * pos);
+}
+
+// Ws: W_Q, W_K, W_V [G, h, d, e], W_O [G, h, e, d]; bs: b_Q, b_K, b_V [G, h, e], b_O [G, d], or
+// none; residual [G, M, d] or empty; out [G, M, d], written. Returns each input's projection
+// weights side by side, [G, d, n * h * e] (for the backward pass).
+std::vector<torch::Tensor> attention_layer_forward(std::vector<torch::Tensor> xs, std::vector<int64_t> of_input,
+                                                   std::vector<torch::Tensor> Ws, std::vector<torch::Tensor> bs,
+                                                   torch::Tensor residual, double scale, int64_t batch,
+                                                   bool keep_pattern, torch::Tensor ws, torch::Tensor out) {
+  const int64_t G = Ws[0].size(0), h = Ws[0].size(1), d = Ws[0].size(2), e = Ws[0].size(3), M = xs[0].size(1);
+  const int64_t n_inputs = xs.size();
+  TORCH_CHECK(of_input.size() == 3 && Ws.size() == 4 && (bs.empty() || bs.size() == 4) && M % batch == 0,
+              "attention layer: bad arguments");
+  LayerViews v = carve(ws, of_input, n_inputs, G, M, batch, h, e, keep_pattern);
+  std::vector<torch::Tensor> flats;
+  {
+    RECORD_USER_SCOPE("projections");
+    for (int64_t j = 0; j < n_inputs; ++j) {
+      std::vector<torch::Tensor> W, b;
+      for (int i = 0; i < 3; ++i)
+        if (of_input[i] == j) {
+          W.push_back(Ws[i].transpose(1, 2));  // [G, d, h, e]
+          if (!bs.empty()) b.push_back(bs[i]);
+        }
+      auto flat = at::cat(W, 2).view({G, d, -1});
+      if (bs.empty()) at::bmm_out(v.rows[j], xs[j], flat);
+      else at::baddbmm_out(v.rows[j], at::cat(b, 1).view({G, 1, -1}), xs[j], flat);
+      flats.push_back(flat);
+    }
+  }
+  {
+    RECORD_USER_SCOPE("attention");
+    {
+      RECORD_USER_SCOPE("tinyinduct::causal_attention");
+      attention_forward(v.qkv[0], v.qkv[1], v.qkv[2], scale,
+                        v.z.view({G * batch, M / batch, h, e}).transpose(1, 2), v.lse, v.pat);
+    }
+  }
+  RECORD_USER_SCOPE("projections");
+  auto W_O = Ws[3].reshape({G, h * e, d});
+  if (residual.numel()) at::baddbmm_out(out, residual, v.z, W_O);
+  else at::bmm_out(out, v.z, W_O);
+  if (!bs.empty()) out.add_(bs[3].unsqueeze(1));
+  return flats;
+}
+
+// The backward pass given grad_out [G, M, d]: gws, a workspace of 4 * G * M * h * e floats;
+// grad_xs [n_inputs, G, M, d], written. Returns the gradients of W_Q, W_K, W_V, W_O and, with
+// biases, of b_Q, b_K, b_V, b_O.
+std::vector<torch::Tensor> attention_layer_backward(torch::Tensor grad_out, std::vector<torch::Tensor> xs,
+                                                    std::vector<int64_t> of_input, std::vector<torch::Tensor> flats,
+                                                    torch::Tensor W_O, bool has_bias, double scale, int64_t batch,
+                                                    bool keep_pattern, torch::Tensor ws, torch::Tensor gws,
+                                                    torch::Tensor grad_xs) {
+  const int64_t G = W_O.size(0), h = W_O.size(1), e = W_O.size(2), d = W_O.size(3), M = xs[0].size(1);
+  const int64_t n_inputs = xs.size(), N = G * batch, pos = M / batch;
+  TORCH_CHECK(gws.numel() >= 4 * G * M * h * e, "attention layer: gradient workspace too small");
+  LayerViews v = carve(ws, of_input, n_inputs, G, M, batch, h, e, keep_pattern);
+  std::vector<torch::Tensor> grads(has_bias ? 8 : 4), grad_rows;
+  torch::Tensor grad_z = gws.narrow(0, 0, G * M * h * e).view({G, M, h * e}), dqkv[3];
+  {
+    RECORD_USER_SCOPE("projections");
+    at::bmm_out(grad_z, grad_out, W_O.reshape({G, h * e, d}).transpose(1, 2));
+    grads[3] = at::bmm(v.z.transpose(1, 2), grad_out).view({G, h, e, d});
+    if (has_bias) grads[7] = grad_out.sum(1);
+  }
+  int64_t off = G * M * h * e;
+  for (int64_t j = 0; j < n_inputs; ++j) {
+    const int64_t n = G * M * projections_of(of_input, j) * h * e;
+    grad_rows.push_back(gws.narrow(0, off, n).view({G, M, -1}));
+    off += n;
+  }
+  slots(grad_rows, of_input, N, pos, h, e, dqkv);
+  {
+    RECORD_USER_SCOPE("attention");
+    {
+      RECORD_USER_SCOPE("tinyinduct::causal_attention_backward");
+      attention_backward(grad_z.view({N, pos, h, e}).transpose(1, 2), v.qkv[0], v.qkv[1], v.qkv[2], v.lse,
+                         scale, dqkv[0], dqkv[1], dqkv[2], v.pat);
+    }
+  }
+  RECORD_USER_SCOPE("projections");
+  for (int64_t j = 0; j < n_inputs; ++j) {
+    auto grad_x = grad_xs[j];
+    at::bmm_out(grad_x, grad_rows[j], flats[j].transpose(1, 2));
+    const int64_t n = projections_of(of_input, j);
+    auto gW = at::bmm(xs[j].transpose(1, 2), grad_rows[j]).view({G, d, n, h, e});
+    auto gb = has_bias ? grad_rows[j].sum(1).view({G, n, h, e}) : torch::Tensor();
+    int64_t slot = 0;
+    for (int i = 0; i < 3; ++i)
+      if (of_input[i] == j) {
+        grads[i] = gW.select(2, slot).permute({0, 2, 1, 3}).contiguous();
+        if (has_bias) grads[4 + i] = gb.select(1, slot).contiguous();
+        ++slot;
+      }
+  }
+  return grads;
 }
