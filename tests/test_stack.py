@@ -10,10 +10,12 @@ import torch
 from conftest import TINY_OVERRIDES, run_train
 from wandb_records import find_run_file, read_run
 
-from tinyinduct import AttnOnlyTransformer, ModelConfig, RunConfig, load_run
+from tinyinduct import AttnOnlyTransformer, ModelConfig, RunConfig, load_run, native
+from tinyinduct import stack as stack_module
 from tinyinduct.loop import make_optimizer
 from tinyinduct.stack import (
     StackedTransformer,
+    clip_and_step,
     clip_grad_norm_per_model_,
     next_token_loss,
     per_model_loss,
@@ -123,6 +125,42 @@ def test_one_models_clipping_is_torchs(scale):
     assert (norms > 1.0).item() == (scale > 1.0)
     for name, p in model.named_parameters():
         torch.testing.assert_close(stacked.shell.get_parameter(name).grad[0], p.grad)
+
+
+@pytest.mark.skipif(native.extension() is None,
+                    reason="tinyinduct's CPU kernels could not be built here")
+@pytest.mark.parametrize("n_models", [1, 2])
+@pytest.mark.parametrize("grad_clip", [0.0, 0.05, 100.0])  # none, clipping, a norm below it
+def test_the_native_optimizer_step_is_torchs_bit_for_bit(n_models, grad_clip, monkeypatch):
+    """`clip_and_step` by one C++ call and by `clip_grad_norm_per_model_` + `optimizer.step()`
+    move the weights, moments and step counts identically over several steps; a step where a
+    parameter has no gradient (frozen) is torch's own."""
+    runs, native_adamw = {}, stack_module._native_adamw
+    for path in ("native", "torch"):  # the same forward and backward; only the step differs
+        monkeypatch.setattr(stack_module, "_native_adamw",
+                            native_adamw if path == "native" else lambda optimizer: None)
+        stacked = StackedTransformer(perturbed_models(n_models, attn_bias=True))
+        cfg = RunConfig()
+        optimizer = make_optimizer(stacked, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1))
+        torch.manual_seed(5)
+        for step in range(4):
+            optimizer.zero_grad(set_to_none=True)
+            per_model_loss(stacked, torch.randint(0, 40, (n_models, 4, 16))).sum().backward()
+            if step == 2:
+                stacked.shell.blocks[0].attn.W_Q.grad = None
+            assert (stack_module._native_adamw(optimizer) is not None) == (
+                path == "native" and step in (1, 3))
+            clip_and_step(stacked, optimizer, grad_clip)
+            scheduler.step()
+        runs[path] = ({n: p.detach().clone() for n, p in stacked.named_parameters()},
+                        optimizer.state_dict())
+    (weights, state), (torch_weights, torch_state) = runs["native"], runs["torch"]
+    for name in weights:
+        assert torch.equal(weights[name], torch_weights[name]), name
+    for i, moments in torch_state["state"].items():
+        for key, t in moments.items():
+            assert torch.equal(state["state"][i][key], t), (i, key)
 
 
 def test_seed_optimizer_state_is_a_single_runs_state():

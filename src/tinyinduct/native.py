@@ -1,6 +1,7 @@
 """tinyinduct's C++ kernels (`csrc/kernels.cpp`) for float32 on a CPU: causal attention at head
 sizes 8 and 16 (`native_attention`), a whole attention layer around it (`native_layer`) and the
-softmax + cross-entropy of the fused loss (`fused_loss`).
+softmax + cross-entropy of the fused loss (`fused_loss`); and the optimizer's step, clipping and
+AdamW by torch's own kernels in one call (`stack.train_step`).
 
 They are compiled by torch's C++ extension loader (a C++ compiler and ninja) the first time a
 process needs them, into torch's extension cache (`TORCH_EXTENSIONS_DIR`, by default
@@ -23,7 +24,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
 FUNCTIONS = ["attention_forward", "attention_backward", "softmax_cross_entropy",
-             "attention_layer_workspace", "attention_layer_forward", "attention_layer_backward"]
+             "attention_layer_workspace", "attention_layer_forward", "attention_layer_backward",
+             "clip_and_adamw"]
 SWITCH = "TINYINDUCT_NATIVE"  # "0": torch's operations only; "1" (the default): the kernels
 # fast math: 5-15% on the attention kernel here; but not finite-math-only, so that a NaN or an
 # infinity still comes out where torch's operations give it (tested: the non-finite guard relies

@@ -19,8 +19,10 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.optim.optimizer as optimizer_module
 from torch import nn
 
+from . import native
 from .fused_loss import IGNORE, unembed_mean_cross_entropy
 from .model import AttnOnlyTransformer, fused_attention, layer_norm
 from .step_profile import part
@@ -199,6 +201,53 @@ def clip_grad_norm_per_model_(params: Sequence[torch.Tensor], max_norm: float) -
     return norms
 
 
+def _native_adamw(optimizer: torch.optim.Optimizer):
+    """AdamW's groups as `clip_and_adamw` (`native`) takes them, or None where torch's own step
+    must run: not `AdamW(fused=True)` with plain hyperparameters, step hooks, a parameter without
+    a gradient or without state (the first step; a frozen parameter), or not float32 on a CPU."""
+    if type(optimizer) is not torch.optim.AdamW or (
+            optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+            or optimizer_module._global_optimizer_pre_hooks
+            or optimizer_module._global_optimizer_post_hooks):
+        return None
+    lists: tuple = ([], [], [], [], [])
+    sizes, lrs, decays = [], [], []
+    betas, eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
+    for group in optimizer.param_groups:
+        if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]
+                or group["differentiable"] or group["betas"] != betas or group["eps"] != eps
+                or not all(isinstance(x, float) for x in (group["lr"], *betas, eps))):
+            return None
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if p.grad is None or not state or not native.runs_on(p):
+                return None
+            for out, t in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                                      state["step"])):
+                out.append(t)
+        sizes.append(len(group["params"]))
+        lrs.append(group["lr"])
+        decays.append(float(group["weight_decay"]))
+    return (*lists, sizes, lrs, decays, float(betas[0]), float(betas[1]), float(eps))
+
+
+def clip_and_step(model: StackedTransformer, optimizer: torch.optim.Optimizer,
+                  grad_clip: float) -> None:
+    """Per-model gradient clipping (where `grad_clip` > 0), then the optimizer's step: by
+    `clip_and_adamw` where tinyinduct's kernels run and the optimizer is the loop's AdamW (the
+    same operations as below in one C++ call, bit for bit the same: tested), else by
+    `clip_grad_norm_per_model_` and `optimizer.step()`."""
+    groups = _native_adamw(optimizer)
+    if groups is None:
+        if grad_clip > 0:
+            clip_grad_norm_per_model_(list(model.parameters()), grad_clip)
+        optimizer.step()
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    native.extension().clip_and_adamw(grads, float(grad_clip), *groups)
+    optimizer._opt_called = True  # what the LR scheduler's wrapper of `step` records
+
+
 def train_step(model: StackedTransformer, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, tokens: torch.Tensor,
                grad_clip: float, after_backward: Callable[[], Any] | None = None
@@ -212,9 +261,7 @@ def train_step(model: StackedTransformer, optimizer: torch.optim.Optimizer,
     if after_backward is not None:
         after_backward()
     with part("optimizer"):
-        if grad_clip > 0:
-            clip_grad_norm_per_model_(list(model.parameters()), grad_clip)
-        optimizer.step()
+        clip_and_step(model, optimizer, grad_clip)
         scheduler.step()
     return losses.detach()
 
