@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyinduct import fused_loss
+from tinyinduct import fused_loss, native
 from tinyinduct.fused_loss import IGNORE, unembed_mean_cross_entropy
 
 
@@ -118,3 +118,26 @@ def test_a_non_finite_input_gives_a_non_finite_loss():
     for bad in (float("nan"), float("inf")):
         resid[0, 4, 2] = bad
         assert not unembed_mean_cross_entropy(resid, W_U, b_U, targets).isfinite().any(), bad
+
+
+@pytest.mark.skipif(native.extension() is None,
+                    reason="tinyinduct's CPU kernels could not be built here")
+def test_the_kernels_gradient_holds_no_subnormal_number():
+    """A weighted probability below float32's smallest normal number (1.2e-38) is 0 in the
+    kernel's gradient, where torch's is subnormal; every other entry is torch's. With the
+    residual the identity, W_U's gradient is the logits' gradient itself."""
+    tiny = torch.finfo(torch.float32).tiny
+    resid = torch.eye(4)[None]
+    W_U = torch.zeros(1, 4, 16)
+    W_U[0, :, 3] = -86.5  # probability e^-86.5 / ~16 = 1.7e-39 after the 1/4 weight: subnormal
+    W_U[0, :, 5] = -70.0  # 4e-31 / ~16 / 4: normal
+    W_U.requires_grad_()
+    targets = torch.tensor([[0, 1, 2, 4]])
+    unembed_mean_cross_entropy(resid, W_U, torch.zeros(1, 16), targets).sum().backward()
+    got = W_U.grad[0]
+    want = torch.autograd.grad(F.cross_entropy(resid[0] @ W_U[0], targets[0]), W_U)[0][0]
+    assert (want[:, 3] > 0).all() and (want[:, 3] < tiny).all()  # torch's: subnormal
+    assert (got[:, 3] == 0).all()
+    assert not ((got != 0) & (got.abs() < tiny)).any()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=tiny)  # the kernel's exponential
+    assert (got[:, 5] > 0).all()

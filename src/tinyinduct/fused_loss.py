@@ -7,9 +7,10 @@ A training step wants only each model's mean loss, whose gradient is a scalar (t
 gradient) times a fixed tensor: so each chunk of rows is unembedded, reduced to its loss, turned
 in place into its gradient (softmax - onehot, over the rows) while it is in cache, passed through
 the two gradient matmuls and dropped. Nothing is recomputed; the backward pass only scales the
-gradients kept. Where tinyinduct's CPU kernels run (`native`), one of them turns a chunk of
-logits into its gradient and its rows' losses in one pass per row (bias, maximum, exponentials,
-softmax - onehot weighted by 1 / rows, loss); elsewhere torch's operations do it in several.
+gradients kept. Where tinyinduct's CPU kernels run (`native`), the whole loop is one C++ call,
+in which one kernel turns a chunk of logits into its gradient and its rows' losses in one pass
+per row (bias, maximum, exponentials, softmax - onehot weighted by 1 / rows, loss); elsewhere
+torch's operations do it in several passes, in Python.
 The function is the same as `cross_entropy(resid @ W_U + b_U, targets)` (tested).
 """
 
@@ -37,6 +38,19 @@ def _chunks(rows: int, per_row: int, device: torch.device):
 class _UnembedMeanCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, resid, W_U, b_U, targets, with_grad):  # [G, N, d], [G, d, V], [G, V], [G, N]
+        chunks = _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2], resid.device)
+        if native.runs_on(resid):  # the whole loop in one C++ call, its memory from `scratch`
+            rows = chunks[0].stop
+            # reused memory: fresh, these 4 MiB made the matmul 2-3x slower
+            logits = scratch.empty((W_U.shape[0] * rows * W_U.shape[2],), resid.dtype,
+                                   resid.device)
+            grad_resid = scratch.empty(resid.shape, resid.dtype, resid.device)
+            with profiled("tinyinduct::unembed_cross_entropy"):
+                loss, *grads = native.extension().unembed_cross_entropy(
+                    resid, W_U, b_U, targets, IGNORE, rows, with_grad, logits, grad_resid)
+            if with_grad:
+                ctx.save_for_backward(grad_resid, *grads)
+            return loss
         keep = targets != IGNORE
         safe = targets.clamp(min=0)
         # [G, N]: 1 / rows, 0 if ignored
@@ -46,42 +60,23 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
             grad_resid = torch.empty_like(resid)
             grad_W = torch.zeros_like(W_U)
             grad_b = torch.zeros_like(b_U)
-        kernel = native.extension() if native.runs_on(resid) else None
-        for c in _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2], resid.device):
+        for c in chunks:
             target, w = safe[:, c, None], weight[:, c, None]
-            if kernel is not None:  # the chunk becomes softmax - onehot(target) in place
-                # reused memory (`scratch`): fresh, these 4 MiB made the matmul 2-3x slower
-                g = torch.bmm(resid[:, c], W_U, out=scratch.empty(  # [G, rows, V]
-                    (W_U.shape[0], c.stop - c.start, W_U.shape[2]), resid.dtype, resid.device))
-                row_loss = torch.empty(target.shape[:2], dtype=g.dtype, device=g.device)
-                w_rows = w.squeeze(-1).contiguous()
-                with profiled("tinyinduct::softmax_cross_entropy"):  # the rows weighted by w
-                    kernel.softmax_cross_entropy(g, b_U.contiguous(), target.squeeze(-1)
-                                                 .contiguous(), w_rows, row_loss)
-                loss += (row_loss * w_rows).sum(1)
-            else:
-                logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)  # [G, rows, V]
-                picked, top = logits.gather(-1, target), logits.amax(-1, keepdim=True)
-                # one softmax pass (one exp per logit, the costly part on a CPU) gives both the
-                # gradient and the log-sum-exp: the largest logit's probability is
-                # 1 / sum(exp(logits - top)), at least 1 / V, so its log never underflows
-                g = torch.softmax(logits, -1)
-                loss += ((top - g.amax(-1, keepdim=True).log() - picked) * w).sum((1, 2))
-                if with_grad:
-                    g.scatter_add_(-1, target, torch.full_like(picked, -1.0))
+            logits = torch.baddbmm(b_U[:, None], resid[:, c], W_U)  # [G, rows, V]
+            picked, top = logits.gather(-1, target), logits.amax(-1, keepdim=True)
+            # one softmax pass (one exp per logit, the costly part on a CPU) gives both the
+            # gradient and the log-sum-exp: the largest logit's probability is
+            # 1 / sum(exp(logits - top)), at least 1 / V, so its log never underflows
+            g = torch.softmax(logits, -1)
+            loss += ((top - g.amax(-1, keepdim=True).log() - picked) * w).sum((1, 2))
             if not with_grad:
                 continue
             # d mean loss / d logits = (softmax - onehot(target)) * w, w = 1 / rows (0 where
-            # ignored): the kernel weighted the chunk's rows in its pass; for torch's operations
-            # w scales the matmuls' narrow operands instead
-            if kernel is not None:
-                grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2))
-                grad_W.baddbmm_(resid[:, c].transpose(1, 2), g)
-                grad_b += g.sum(1)
-            else:
-                grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2)).mul_(w)
-                grad_W.baddbmm_((resid[:, c] * w).transpose(1, 2), g)
-                grad_b.unsqueeze(1).baddbmm_(w.transpose(1, 2), g)
+            # ignored): w scales the matmuls' narrow operands instead of the chunk
+            g.scatter_add_(-1, target, torch.full_like(picked, -1.0))
+            grad_resid[:, c] = torch.bmm(g, W_U.transpose(1, 2)).mul_(w)
+            grad_W.baddbmm_((resid[:, c] * w).transpose(1, 2), g)
+            grad_b.unsqueeze(1).baddbmm_(w.transpose(1, 2), g)
         if with_grad:
             ctx.save_for_backward(grad_resid, grad_W, grad_b)
         return loss

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
-FUNCTIONS = ["attention_forward", "attention_backward", "softmax_cross_entropy",
+FUNCTIONS = ["attention_forward", "attention_backward", "unembed_cross_entropy",
              "attention_layer_workspace", "attention_layer_forward", "attention_layer_backward",
              "clip_and_adamw"]
 SWITCH = "TINYINDUCT_NATIVE"  # "0": torch's operations only; "1" (the default): the kernels

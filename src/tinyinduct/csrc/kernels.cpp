@@ -17,8 +17,9 @@
 // dimension, so the projections' row layout is read and written in place.
 //
 // 2. The softmax and cross-entropy of a chunk of logits in one pass per row: the bias added,
-// the maximum, the exponentials and their sum, the gradient softmax - onehot written in place,
-// and the row's loss; torch does the same in five passes over the chunk.
+// the maximum, the exponentials and their sum, the gradient softmax - onehot written in place
+// (its subnormal terms as 0), and the row's loss; torch does the same in five passes over the
+// chunk.
 //
 // 3. One attention layer, forward and backward, each in one call: the projections' matmuls into
 // one workspace of rows, kernel 1 reading its q, k and v there in place, and the output
@@ -32,6 +33,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <vector>
 
@@ -350,12 +352,63 @@ void softmax_cross_entropy(torch::Tensor logits, torch::Tensor bias, torch::Tens
       float s = hsum(sw);
       for (int64_t j = VW; j < V; ++j) { x[j] = std::exp(x[j] - m); s += x[j]; }
       const float w = wp[n], scale = w / s;
-      for (int64_t j = 0; j < VW; j += W) stw(x + j, ldw(x + j) * scale);
-      for (int64_t j = VW; j < V; ++j) x[j] *= scale;
+      // a weighted probability below the smallest normal float (1.2e-38) becomes 0: subnormal
+      // operands slow the two gradient matmuls that read the chunk (measured: three times over
+      // once a trained model's logits spread), for terms that change no sum above 1e-38
+      const vw tiny = bcw(FLT_MIN);
+      for (int64_t j = 0; j < VW; j += W) {
+        const vw y = ldw(x + j) * scale;
+        stw(x + j, y < tiny ? vw{} : y);
+      }
+      for (int64_t j = VW; j < V; ++j) x[j] = x[j] * scale < FLT_MIN ? 0.f : x[j] * scale;
       x[t] -= w;
       lp[n] = m + std::log(s) - picked;
     }
   });
+}
+
+// The fused loss's forward pass (`fused_loss`) over chunks of chunk_rows rows, in one call: each
+// chunk's logits into `logits` (a buffer of at least G * chunk_rows * V floats), the kernel above,
+// each model's mean loss, and with_grad the chunk's gradient matmuls, grad_resid [G, N, d]
+// written. targets [G, N], `ignore` where a row has no target. Returns the loss [G] and, with_grad,
+// the gradients of W_U and b_U; the same operations in the same order as the Python loop it
+// replaces (tested against torch's cross-entropy).
+std::vector<torch::Tensor> unembed_cross_entropy(torch::Tensor resid, torch::Tensor W_U, torch::Tensor b_U,
+                                                 torch::Tensor targets, int64_t ignore, int64_t chunk_rows,
+                                                 bool with_grad, torch::Tensor logits, torch::Tensor grad_resid) {
+  at::NoGradGuard no_grad;
+  const int64_t G = W_U.size(0), V = W_U.size(2), N = targets.size(1);
+  auto keep = targets != ignore;
+  auto safe = targets.clamp_min(0);
+  auto weight = (keep / keep.sum(1, true).clamp_min(1)).to(resid.scalar_type());  // 1 / rows, 0 if none
+  auto loss = torch::zeros({G}, resid.options());
+  torch::Tensor grad_W, grad_b;
+  if (with_grad) {
+    grad_W = torch::zeros_like(W_U);
+    grad_b = torch::zeros_like(b_U);
+  }
+  auto bias = b_U.contiguous();
+  for (int64_t c0 = 0; c0 < N; c0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, N - c0);
+    auto g = logits.narrow(0, 0, G * rows * V).view({G, rows, V});
+    auto x = resid.narrow(1, c0, rows);
+    at::bmm_out(g, x, W_U);
+    auto w = weight.narrow(1, c0, rows).contiguous();
+    auto row_loss = torch::empty({G, rows}, g.options());
+    {
+      RECORD_USER_SCOPE("tinyinduct::softmax_cross_entropy");
+      softmax_cross_entropy(g, bias, safe.narrow(1, c0, rows).contiguous(), w, row_loss);
+    }
+    loss += (row_loss * w).sum(1);
+    if (!with_grad) continue;
+    auto gr = grad_resid.narrow(1, c0, rows);
+    if (gr.is_contiguous()) at::bmm_out(gr, g, W_U.transpose(1, 2));
+    else gr.copy_(at::bmm(g, W_U.transpose(1, 2)));
+    grad_W.baddbmm_(x.transpose(1, 2), g);
+    grad_b += g.sum(1);
+  }
+  if (!with_grad) return {loss};
+  return {loss, grad_W, grad_b};
 }
 
 static void check(const torch::Tensor& t, const torch::Tensor& like, const char* name) {
