@@ -83,3 +83,28 @@ def test_the_pool_lets_go_of_free_buffers_beyond_its_size():
         scratch.empty((rows, scratch.SMALLEST), torch.float32, "cpu")
     assert scratch.kept() == scratch.KEPT
     assert scratch._pool()[0].data_ptr() == held.data_ptr()  # the free ones went first
+
+
+def test_memory_taken_under_inference_mode_is_never_kept():
+    """An inference tensor may not be written outside inference mode: one taken there is fresh
+    and not kept, so a model evaluated under `torch.inference_mode` trains afterwards."""
+    with torch.inference_mode():
+        made = scratch.empty(LARGE, torch.float32, "cpu")
+    assert made.is_inference() and scratch.kept() == 0
+    del made
+    later = scratch.empty(LARGE, torch.float32, "cpu")
+    assert not later.is_inference()
+
+
+def test_a_model_trains_after_an_evaluation_under_inference_mode():
+    from tinyinduct import AttnOnlyTransformer, ModelConfig
+    from tinyinduct.stack import StackedTransformer, per_model_loss
+
+    torch.manual_seed(0)
+    model = AttnOnlyTransformer(ModelConfig(d_vocab=64, n_ctx=64))
+    tokens = torch.randint(0, 64, (32, 64))  # the layer's memory large enough to be pooled
+    with torch.inference_mode():
+        model(tokens)
+    loss = per_model_loss(StackedTransformer([model]), tokens[None])
+    loss.sum().backward()
+    assert torch.isfinite(loss).all()

@@ -11,7 +11,7 @@ by torch's own count of the references to the buffer's storage: a tensor saved f
 pass (pending, or retained with `retain_graph`), returned to the caller or kept as a gradient is
 never handed out a second time. Each thread has its own buffers. Other devices allocate as usual
 (their caching allocators already reuse memory), and so do small tensors, which the C library
-keeps.
+keeps, and tensors made under `torch.inference_mode`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> tor
     """An uninitialised contiguous tensor of `shape`; on a CPU, for a large one, the memory of
     an earlier one of the same size that nothing holds any more."""
     numel = math.prod(shape)
-    if torch.device(device).type != "cpu" or numel < SMALLEST or _use_count is None:
+    # under `torch.inference_mode` a new tensor is an inference tensor, which no later training
+    # step may write: those come fresh and are not kept
+    if (torch.device(device).type != "cpu" or numel < SMALLEST or _use_count is None
+            or torch.is_inference_mode_enabled()):
         return torch.empty(shape, dtype=dtype, device=device)
     buffers = _pool()
     for buffer in buffers:
