@@ -42,7 +42,7 @@ class _UnembedMeanCrossEntropy(torch.autograd.Function):
         chunks = _chunks(targets.shape[1], W_U.shape[0] * W_U.shape[2], resid.device)
         if native.runs_on(resid):  # the whole loop in one C++ call, its memory from `scratch`
             rows = chunks[0].stop
-            # reused memory: fresh, these 4 MiB made the matmul 2-3x slower
+            # reused memory: fresh, a chunk of logits made its matmul 2-3x slower
             logits = scratch.empty((W_U.shape[0] * rows * W_U.shape[2],), resid.dtype,
                                    resid.device)
             grad_resid = scratch.empty(resid.shape, resid.dtype, resid.device)
